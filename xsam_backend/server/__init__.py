@@ -1,0 +1,1 @@
+"""The HTTP side: a Flask app factory serving Label Studio's ML backend protocol."""
