@@ -134,7 +134,7 @@ class Prompt:
         if not isinstance(data, Mapping):
             raise PromptError(f"a prompt must be a JSON object; got {type(data).__name__}")
         try:
-            task = Task(data.get("task"))
+            task = Task(str(data.get("task")))
         except ValueError:
             raise PromptError(
                 f"prompt task must be one of {[t.value for t in Task]}; got {data.get('task')!r}"

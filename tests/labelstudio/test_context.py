@@ -78,7 +78,8 @@ def test_rectangle_and_rotation():
     assert prompt.regions[0].coords == pytest.approx((64.0, 96.0, 384.0, 216.0))
     rotated = build_prompt(BRUSH, {"result": [rectangle(50, 50, 10, 10, rotation=90)]}, max_regions=8)
     x0, y0, x1, y1 = rotated.regions[0].coords
-    assert (x0, y0, x1, y1) == pytest.approx((320 - 64, 240, 320, 240 + 64))
+    # 64 px wide, 48 px high, turned 90 degrees clockwise about its top-left corner
+    assert (x0, y0, x1, y1) == pytest.approx((320 - 48, 240, 320, 240 + 64))
 
 
 def test_brush_scribble_becomes_mask_region():

@@ -198,7 +198,8 @@ def create_app(
         config = body.get("label_config")
         if not isinstance(config, str):
             raise BadRequest(f"expected 'label_config' to be the label config XML string; got {_describe(config)}")
-        params = body.get("params") or {}
+        params = body.get("params")
+        params = {} if params is None else params
         if not isinstance(params, Mapping):
             raise BadRequest(f"expected 'params' to be an object; got {_describe(params)}")
         spec = parse_label_config(config)
