@@ -14,6 +14,7 @@ Our exception hierarchy::
     │   ├── MediaTooLarge             413  over the pixel limit (decompression bombs) or byte limit
     │   └── MediaUnavailable          502  Label Studio or the storage did not answer
     ├── NeedsWeights                  422  the prompt needs X-SAM weights; the fallback engine serves
+    ├── LabelStudioApiError           502  Label Studio's REST API refused or did not answer
     ├── BrokerUnavailable             503  Redis/Celery is down; retry later
     └── JobTimeout                    504  the worker did not answer within the time limit
 
@@ -104,6 +105,13 @@ class NeedsWeights(BackendError):
     code = "needs_weights"
 
 
+class LabelStudioApiError(BackendError):
+    """Label Studio's API refused a request or could not be reached."""
+
+    status = 502
+    code = "label_studio_api_error"
+
+
 class BrokerUnavailable(BackendError):
     status = 503
     code = "broker_unavailable"
@@ -129,6 +137,7 @@ _BY_CODE: dict[str, type[BackendError]] = {
         MediaTooLarge,
         MediaUnavailable,
         NeedsWeights,
+        LabelStudioApiError,
         BrokerUnavailable,
         JobTimeout,
     )

@@ -25,15 +25,8 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from xsam_backend.errors import BackendError
+from xsam_backend.errors import LabelStudioApiError
 from xsam_backend.settings import Settings
-
-
-class LabelStudioApiError(BackendError):
-    """Label Studio's API refused a request or could not be reached."""
-
-    status = 502
-    code = "label_studio_api_error"
 
 
 @dataclass(frozen=True)
