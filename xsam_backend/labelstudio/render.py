@@ -19,8 +19,8 @@ import numpy as np
 from xsam_backend.errors import BackendError
 from xsam_backend.labelstudio.config import LabelSpec, OutputControl
 from xsam_backend.masks import (
+    HolePolicy,
     box_to_percent,
-    clean_mask,
     encode_brush_rle,
     mask_to_box,
     mask_to_polygons,
@@ -70,24 +70,19 @@ def _rectangle(control: OutputControl, mask: np.ndarray, label: str, score: floa
 def _polygons(
     spec: LabelSpec, control: OutputControl, mask: np.ndarray, label: str, score: float, tolerance_px: float, min_area_px: int
 ) -> list[dict[str, Any]]:
+    """One polygon region per part. A part with holes too large to fill honestly goes to a brush
+    control with the same label when the config has one; without one, its outer ring is kept."""
     height, width = mask.shape
-    polygon_set = mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px)
+    brush = spec.output_of_kind("brush", label)
+    policy = HolePolicy(large_hole="brush" if brush is not None else "fill")
+    polygon_set = mask_to_polygons(mask, tolerance_px=tolerance_px, min_area_px=min_area_px, hole_policy=policy)
     regions = []
     for points in polygon_set.polygons:
         region = _base(control, height, width, score)
         region["value"] = {"points": polygon_to_percent(points, width, height), "closed": True, "polygonlabels": [label]}
         regions.append(region)
-    brush = spec.output_of_kind("brush", label)
-    for part in polygon_set.fallback_masks:
-        if brush is not None:
-            regions.append(_brush(brush, part, label, score))
-        else:
-            log.warning("a %s part has holes a polygon cannot hold and the config has no brush for it; kept its outline", label)
-            outline = mask_to_polygons(clean_mask(part, min_island_px=0, max_hole_px=part.size), tolerance_px=tolerance_px, min_area_px=min_area_px)
-            for points in outline.polygons:
-                region = _base(control, height, width, score)
-                region["value"] = {"points": polygon_to_percent(points, width, height), "closed": True, "polygonlabels": [label]}
-                regions.append(region)
+    if brush is not None:
+        regions.extend(_brush(brush, part, label, score) for part in polygon_set.fallback_masks)
     return regions
 
 
