@@ -26,6 +26,7 @@ import numpy as np
 
 from xsam_backend.engines.base import Engine
 from xsam_backend.engines.factory import build_engine, describe_engine
+from xsam_backend.engines.frame import fit_prompt, fit_result
 from xsam_backend.errors import BackendError, BadRequest, error_from_json
 from xsam_backend.prompt import Prompt
 from xsam_backend.segment import EngineResult
@@ -159,14 +160,18 @@ def run_predict_job(
 ) -> EngineResult:
     """Fetch ``job.image_url`` and segment it for ``job.prompt``.
 
-    The image is ``(H, W, 3)`` ``uint8`` RGB in the original pixel frame (the prompt's frame); the
-    result's masks are ``(H, W)`` bool in the same frame. ``engine_turn`` is entered around the
+    The image is ``(H, W, 3)`` ``uint8`` RGB in the original pixel frame; the result's masks are
+    ``(H, W)`` bool in the prompt's frame (``prompt.image_size``, Label Studio's), which is the
+    image's own unless the two disagree (see :mod:`xsam_backend.engines.frame`). ``engine_turn`` is entered around the
     engine call only, so downloads of other jobs overlap with inference. Raises ``MediaError``,
     ``NeedsWeights`` or ``PromptError`` for this job.
     """
     image = fetcher.fetch(job.image_url, job.task_id)
+    image_size = (int(image.shape[0]), int(image.shape[1]))
+    prompt = fit_prompt(job.prompt, image_size)
     with engine_turn():
-        result = engine.predict(image, job.prompt)
+        result = engine.predict(image, prompt)
+    result = fit_result(result, job.prompt.image_size)
     if job.model_version is not None and job.model_version != result.model_version:
         log.info(
             "task %s: expected model version %s, answered by %s",
