@@ -111,3 +111,11 @@ def test_invalid_rendering_is_our_fault(monkeypatch):
     with pytest.raises(BackendError) as info:
         render_prediction(config, result(Segment(ring_mask(), None, 0.5)), CLICK)
     assert info.value.status == 500
+
+
+def test_brush_rle_header_is_checked(monkeypatch):
+    import xsam_backend.labelstudio.render as render
+
+    monkeypatch.setattr(render, "encode_brush_rle", lambda mask: [0, 0, 0, 4, 0])  # claims 4 values
+    with pytest.raises(BackendError, match="RLE header"):
+        render_prediction(spec(BRUSH), result(Segment(ring_mask(), None, 0.5)), CLICK)

@@ -21,6 +21,7 @@ from xsam_backend.labelstudio.config import LabelSpec, OutputControl
 from xsam_backend.masks import (
     HolePolicy,
     box_to_percent,
+    brush_rle_num_values,
     encode_brush_rle,
     mask_to_box,
     mask_to_polygons,
@@ -133,7 +134,25 @@ def render_prediction(
         "score": round(sum(scores) / len(scores), 4) if scores else 0.0,
         "model_version": result.model_version,
     }
-    errors = spec.interface.validate_prediction(prediction, return_errors=True)
+    _validate(spec, prediction)
+    return prediction
+
+
+def _validate(spec: LabelSpec, prediction: dict[str, Any]) -> None:
+    """The SDK's ``validate_prediction`` plus what it does not check: each brush RLE's header.
+
+    The SDK walks every RLE byte in Python; it sees a one-byte stand-in instead, and the RLE is
+    checked here (its value count must be ``W * H * 4``, the RGBA buffer Label Studio decodes).
+    """
+    light = {**prediction, "result": []}
+    for region in prediction["result"]:
+        value = region["value"]
+        if "rle" in value:
+            expected = 4 * region["original_width"] * region["original_height"]
+            if brush_rle_num_values(value["rle"]) != expected:
+                raise BackendError(f"brush region {region['id']}: RLE header does not encode {expected} values")
+            region = {**region, "value": {**value, "rle": [0]}}
+        light["result"].append(region)
+    errors = spec.interface.validate_prediction(light, return_errors=True)
     if errors:
         raise BackendError(f"the rendered prediction does not match the label config: {errors[:3]}")
-    return prediction
