@@ -115,7 +115,11 @@ def test_invalid_rendering_is_our_fault(monkeypatch):
 
 def test_brush_rle_header_is_checked(monkeypatch):
     import xsam_backend.labelstudio.render as render
+    from xsam_backend.masks import encode_brush_rle
 
-    monkeypatch.setattr(render, "encode_brush_rle", lambda mask: [0, 0, 0, 4, 0])  # claims 4 values
-    with pytest.raises(BackendError, match="RLE header"):
+    monkeypatch.setattr(render, "encode_brush_rle", lambda mask: encode_brush_rle(np.ones((2, 2), bool)))
+    with pytest.raises(BackendError, match="RLE header says 16 values"):
+        render_prediction(spec(BRUSH), result(Segment(ring_mask(), None, 0.5)), CLICK)
+    monkeypatch.setattr(render, "encode_brush_rle", lambda mask: [0, 0, 0])
+    with pytest.raises(BackendError, match="malformed RLE header"):
         render_prediction(spec(BRUSH), result(Segment(ring_mask(), None, 0.5)), CLICK)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xsam_backend.errors import BackendError
+from xsam_backend.errors import BackendError, BadRequest
 from xsam_backend.labelstudio.config import LabelSpec, OutputControl
 from xsam_backend.masks import (
     HolePolicy,
@@ -149,8 +149,12 @@ def _validate(spec: LabelSpec, prediction: dict[str, Any]) -> None:
         value = region["value"]
         if "rle" in value:
             expected = 4 * region["original_width"] * region["original_height"]
-            if brush_rle_num_values(value["rle"]) != expected:
-                raise BackendError(f"brush region {region['id']}: RLE header does not encode {expected} values")
+            try:
+                found = brush_rle_num_values(value["rle"])
+            except BadRequest as exc:
+                raise BackendError(f"brush region {region['id']}: malformed RLE header: {exc.message}") from None
+            if found != expected:
+                raise BackendError(f"brush region {region['id']}: RLE header says {found} values, not {expected}")
             region = {**region, "value": {**value, "rle": [0]}}
         light["result"].append(region)
     errors = spec.interface.validate_prediction(light, return_errors=True)
