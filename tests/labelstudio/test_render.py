@@ -123,3 +123,13 @@ def test_brush_rle_header_is_checked(monkeypatch):
     monkeypatch.setattr(render, "encode_brush_rle", lambda mask: [0, 0, 0])
     with pytest.raises(BackendError, match="malformed RLE header"):
         render_prediction(spec(BRUSH), result(Segment(ring_mask(), None, 0.5)), CLICK)
+
+
+def test_grounded_caption_goes_into_the_caption_textarea():
+    config = spec(BRUSH, '<TextArea name="caption" toName="image"/>')
+    prompt = Prompt(task=Task.CAPTION, text="describe", label="Car")
+    outcome = EngineResult((Segment(ring_mask(), None, 0.9, phrase="a red car"),), "v1", "xsam", caption="A red car parks.")
+    prediction = render_prediction(config, outcome, prompt)
+    brush, caption = prediction["result"]
+    assert brush["meta"] == {"text": ["a red car"]}
+    assert caption["type"] == "textarea" and caption["value"] == {"text": ["A red car parks."]}

@@ -124,11 +124,25 @@ def render_prediction(
         name = segment.label or prompt.label or spec.default_label
         label = label_of_class.get(name, name)
         rendered = render_segment(spec, segment, label, tolerance_px=tolerance_px, min_area_px=min_area_px)
+        if segment.phrase:
+            for region in rendered:
+                region["meta"] = {"text": [segment.phrase]}
         if rendered:
             scores.append(float(segment.score))
         elif segment.mask.any():
             log.warning("no output control holds label %r; segment dropped", label)
         regions.extend(rendered)
+    caption_control = next((p for p in spec.prompts if p.role == "caption"), None)
+    if result.caption and caption_control is not None:
+        regions.append(
+            {
+                "id": _region_id(),
+                "from_name": caption_control.name,
+                "to_name": caption_control.to_name,
+                "type": "textarea",
+                "value": {"text": [result.caption]},
+            }
+        )
     prediction = {
         "result": regions,
         "score": round(sum(scores) / len(scores), 4) if scores else 0.0,
