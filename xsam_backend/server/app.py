@@ -1,14 +1,16 @@
 """Flask app factory: Label Studio's ML backend protocol.
 
 Routes: ``GET /health`` (and ``GET /``), ``POST /setup``, ``POST /predict``, ``POST /webhook``,
-``GET /versions``, ``GET /metrics``. Every answer is JSON (``/metrics``: Prometheus text). Errors
-are ``{"status", "code", "message"}`` with the status of :mod:`xsam_backend.errors`; a 5xx never
-carries a traceback (it is logged with the request id, which the answer names).
+``GET /versions``, ``GET /metrics``, ``GET /openapi.json`` (:mod:`.openapi`). Every answer is JSON
+(``/metrics``: Prometheus text). Errors are ``{"status", "code", "message"}`` with the status of
+:mod:`xsam_backend.errors`; a 5xx never carries a traceback (it is logged with the request id,
+which the answer names).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -27,11 +29,13 @@ from xsam_backend.labelstudio.render import render_prediction
 from xsam_backend.prompt import Prompt, Task
 from xsam_backend.server.auth import basic_auth_ok
 from xsam_backend.server.metrics import Metrics
+from xsam_backend.server.openapi import openapi_document
 from xsam_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _OPEN_ROUTES = frozenset({"health"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # Label Studio uses this data key for plain file uploads when the config's variable does not match.
 _UNDEFINED_DATA_KEY = "$undefined$"
 
@@ -43,7 +47,10 @@ def _describe(value: Any) -> str:
 
 
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # ``silent`` only covers ValueError; deep nesting exhausts the parser's stack
+        raise BadRequest("the JSON body is nested too deeply to parse") from None
     if not isinstance(body, dict):
         raw = request.get_data(cache=True)[:80]
         got = "an empty body" if not raw else (_describe(body) if body is not None else f"non-JSON bytes {raw!r}")
@@ -117,7 +124,9 @@ def create_app(
 
     @app.before_request
     def _start() -> None:
-        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
+        # The id is echoed and logged: take a caller's only when it cannot forge log lines or bloat answers.
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:12]
         g.started = time.perf_counter()
         if settings.basic_auth_enabled and request.endpoint not in _OPEN_ROUTES:
             assert settings.basic_auth_user is not None and settings.basic_auth_pass is not None
@@ -151,6 +160,8 @@ def create_app(
             message = f"the request body is over the limit of {settings.max_request_bytes} bytes (MAX_REQUEST_BYTES)"
         if status == 405:
             message = f"{request.method} is not allowed on {request.path}"
+        if status == 404:
+            message = f"no route {request.path}; see GET /openapi.json for the endpoints"
         return jsonify({"status": status, "code": exc.name.lower().replace(" ", "_"), "message": message}), status
 
     @app.errorhandler(Exception)
@@ -222,7 +233,7 @@ def create_app(
         outcomes = iter(runner.predict(jobs, "interactive" if interactive else "prelabel") if jobs else [])
         results: list[dict[str, Any]] = []
         notes: dict[str, int] = {}
-        for index, task in enumerate(tasks):
+        for index in range(len(tasks)):
             error = failures.get(index)
             outcome = None if error else next(outcomes)
             if outcome is not None and outcome.error is not None:
@@ -267,6 +278,10 @@ def create_app(
     @app.get("/metrics")
     def metrics_text() -> Response:
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document(settings))
 
     app.extensions["xsam_dispatcher"] = runner
     return app
