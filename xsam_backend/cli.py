@@ -1,4 +1,4 @@
-"""``python -m xsam_backend serve|worker|convert-weights|check``: the command-line entry points.
+"""``python -m xsam_backend serve|worker|convert-weights|check|export``: the command-line entry points.
 
 Each sub-command reads :class:`Settings` once from the environment and imports what it needs
 lazily, so ``serve`` never imports torch.
@@ -55,6 +55,51 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from xsam_backend.errors import BackendError
+    from xsam_backend.export.curation import AcceptancePolicy, CurationFilters
+    from xsam_backend.export.predictions import PredictionReader
+    from xsam_backend.export.runner import ExportOptions, run_export
+    from xsam_backend.labelstudio.api import LabelStudioApi
+    from xsam_backend.labelstudio.media import MediaFetcher
+
+    try:
+        options = ExportOptions(
+            project_id=args.project,
+            format=args.format,
+            out_dir=Path(args.out),
+            policy=AcceptancePolicy(args.accept.replace("-", "_")),
+            filters=CurationFilters(
+                labels=frozenset(args.label) if args.label else None,
+                annotators=frozenset(args.annotator) if args.annotator else None,
+                min_agreement_iou=args.min_agreement_iou,
+                model_version=args.model_version,
+            ),
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            copy_images=args.copy_images,
+        )
+        fetcher = MediaFetcher(settings)
+        summary = run_export(
+            LabelStudioApi.from_settings(settings),
+            options,
+            images=lambda url, task_id: fetcher.fetch(url, task_id),
+            predictions=PredictionReader.from_settings(settings)
+            if args.min_agreement_iou is not None
+            else None,
+            progress=not args.no_progress,
+        )
+    except BackendError as exc:
+        print(f"export failed: {exc.message}", file=sys.stderr)
+        return 1
+    tasks, excluded = summary["tasks"], summary["excluded"]
+    print(
+        f"exported {tasks.get('included', 0)} of {tasks['seen']} tasks to {args.out} "
+        f"(images per split: {summary['images']}; excluded: {excluded or 'none'}); see manifest.json"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m xsam_backend``."""
     parser = argparse.ArgumentParser(prog="python -m xsam_backend", description=__doc__)
@@ -80,6 +125,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="print which engine would serve and why")
     check.set_defaults(run=_check)
+
+    export = sub.add_parser(
+        "export",
+        help="export a project's accepted labels as COCO, YOLO-seg or PNG masks (reads Label Studio's API)",
+    )
+    export.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    export.add_argument("--format", required=True, choices=["coco", "yolo-seg", "masks"])
+    export.add_argument("--out", required=True, help="output folder (new or empty)")
+    export.add_argument(
+        "--accept",
+        default="submitted",
+        choices=["submitted", "ground-truth", "reviewed"],
+        help="which annotations count: submitted and not skipped (default), ground truth only, accepted in review",
+    )
+    export.add_argument("--label", action="append", help="keep only regions with this label (repeatable)")
+    export.add_argument(
+        "--annotator", type=int, action="append", help="keep only annotations by this user id (repeatable)"
+    )
+    export.add_argument(
+        "--min-agreement-iou",
+        type=float,
+        default=None,
+        help="keep tasks whose annotation and latest prediction agree with at least this IoU",
+    )
+    export.add_argument(
+        "--model-version", default=None, help="with --min-agreement-iou: compare with this version"
+    )
+    export.add_argument("--val-fraction", type=float, default=0.2, help="share of tasks in the val split")
+    export.add_argument("--seed", type=int, default=0, help="changes which tasks go to val")
+    export.add_argument("--copy-images", action="store_true", help="write the images (EXIF applied) as PNG")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export.set_defaults(run=_export)
     return parser
 
 
