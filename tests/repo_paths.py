@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+# The reference data (parity bundle, full-size manifest, captured payloads) sits beside the
+# repository; XSAM_SHARED_DIR points elsewhere. XSAM_PARITY_DIR / XSAM_PROMPT_CASES override parts.
+SHARED = Path(os.environ.get("XSAM_SHARED_DIR", REPO_ROOT.parent / "shared"))
 LABEL_CONFIGS = REPO_ROOT / "label_config"
 
 
