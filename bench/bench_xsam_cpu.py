@@ -96,11 +96,16 @@ def main() -> None:
         t, _ = timed(lambda: pipeline.prepare_image(image), args.repeats)
         rows.append(("prepare_image (pre-processing + all of the above)", t))
 
-    def click(n: int) -> Prompt:
+    def click(n: int, negatives: tuple[tuple[float, float], ...] = ()) -> Prompt:
         coords = tuple(float(c) for i in range(n) for c in (300 + 5 * i, 200 + 3 * i))
-        return Prompt(task=Task.INTERACTIVE, regions=(VisualRegion("point", coords),), label="x")
+        return Prompt(
+            task=Task.INTERACTIVE,
+            regions=(VisualRegion("point", coords),),
+            negative_points=negatives,
+            label="x",
+        )
 
-    first_times, cached_times, tokens = [], [], []
+    first_times, cached_times, negative_times, tokens = [], [], [], []
     for r in range(args.repeats):
         engine = XSamEngine(pipeline, f"bench-{r}")
         start = time.perf_counter()
@@ -111,8 +116,15 @@ def main() -> None:
         engine.predict(image, click(2))
         cached_times.append(time.perf_counter() - start)
         tokens.append((first_tokens, engine.last_output.tokens_run if engine.last_output else 0))
+        start = time.perf_counter()
+        engine.predict(image, click(2, negatives=((100.0, 400.0),)))
+        negative_times.append(time.perf_counter() - start)
     first, cached = min(first_times), min(cached_times)
-    rows += [("first click (encode image + prefix + suffix + decoder)", first), ("cached click", cached)]
+    rows += [
+        ("first click (encode image + prefix + suffix + decoder)", first),
+        ("cached click", cached),
+        ("cached click with a negative point", min(negative_times)),
+    ]
 
     print(f"mid-size random X-SAM on CPU ({torch.get_num_threads()} threads), best of {args.repeats}")
     print(f"{'stage':58s} {'ms':>9s}")

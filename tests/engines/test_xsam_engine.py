@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,19 @@ from PIL import Image
 from repo_paths import SHARED
 
 from xsam_backend.engines.base import Engine
-from xsam_backend.engines.xsam_engine import ImageCache, XSamEngine, choose_with_negatives, image_digest
+from xsam_backend.engines.xsam_engine import (
+    ImageCache,
+    XSamEngine,
+    best_with_negatives,
+    choose_with_negatives,
+    image_digest,
+)
 from xsam_backend.errors import PromptError
 from xsam_backend.prompt import Prompt, Task, VisualRegion
 from xsam_backend.settings import Settings
+from xsam_backend.xsam import processing_post as post
 from xsam_backend.xsam.convert import convert_weights
-from xsam_backend.xsam.pipeline import XSamPipeline
+from xsam_backend.xsam.pipeline import XSamPipeline, XSamRequest
 
 PARITY_DIR = Path(os.environ.get("XSAM_PARITY_DIR", SHARED / "xsam_parity"))
 pytestmark = pytest.mark.skipif(
@@ -142,3 +150,71 @@ def test_bad_prompts_are_prompt_errors(engine: XSamEngine, image: np.ndarray) ->
         engine.predict(image, Prompt(task=Task.REFERRING, text="x", image_size=(10, 10)))
     with pytest.raises(PromptError):
         engine.predict(image.astype(np.float32), Prompt(task=Task.REFERRING, text="x"))
+
+
+def test_bounded_negative_search_equals_the_full_pool_rule() -> None:
+    """The early-stopping search picks what the rule picks on every scored mask, ties included."""
+    side = 48
+    frames = ((side, side), (side, side))
+    stopped_early = 0
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        q = 16
+        logits = torch.randn(q, 2, generator=gen) * (1 + seed % 3)
+        masks = torch.randn(q, side, side, generator=gen) * 3 + torch.randn(q, 1, 1, generator=gen) * 2
+        masks[:, : side // 2] += torch.linspace(-4, 4, q).view(q, 1, 1)
+        for src, dst in torch.randint(0, q, (3, 2), generator=gen).tolist():
+            logits[dst], masks[dst] = logits[src], masks[src]
+        points = (torch.rand(3, 2, generator=gen) * side).tolist()
+        positives, negatives = [tuple(points[0])], [tuple(p) for p in points[1 : 1 + seed % 3]]
+        pool = post.instance_postprocess(
+            logits, masks, *frames, post.PostprocessThresholds(instance_score=0.0)
+        )
+        want = choose_with_negatives(pool.masks.numpy(), pool.scores.numpy(), positives, negatives)
+        visited: list[post.RankedInstance] = []
+        ranked = _recording(post.instances_by_class_probability(logits, masks, *frames), visited)
+        got = best_with_negatives(ranked, positives, negatives)
+        assert (got.rank if got is not None else None) == want, seed
+        if got is not None:
+            assert got.score == float(pool.scores[want]) and torch.equal(got.mask, pool.masks[want])
+        stopped_early += len(visited) < q
+    assert stopped_early > 0
+
+
+def _recording(
+    ranked: Iterator[post.RankedInstance], seen: list[post.RankedInstance]
+) -> Iterator[post.RankedInstance]:
+    for instance in ranked:
+        seen.append(instance)
+        yield instance
+
+
+def test_prompts_never_write_into_the_cached_prefix(engine: XSamEngine, image: np.ndarray) -> None:
+    state = engine.pipeline.prepare_image(image)
+    engine.pipeline.run(state, XSamRequest(task="refseg", expressions=("the car",)))
+    (prefix,) = state.prefixes.values()
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.cache.layers]
+    length = prefix.cache.get_seq_length()
+    engine.pipeline.run(state, XSamRequest(task="refseg", expressions=("a much longer phrase, the road",)))
+    assert prefix.cache.get_seq_length() == length
+    for layer, (keys, values) in zip(prefix.cache.layers, before):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_semantic_segments_carry_pixel_class_probabilities(engine: XSamEngine, image: np.ndarray) -> None:
+    result = engine.predict(image, Prompt(task=Task.GENERIC, classes=("car", "road", "sky"), mode="semantic"))
+    out = engine.last_output
+    assert out is not None and result.segments
+    sem = out.results["semantic"]
+    for segment in result.segments:
+        k = ("car", "road", "sky").index(segment.label)
+        assert 0.0 < segment.score < 1.0 and segment.score == pytest.approx(float(sem.scores[k]))
+
+
+def test_referring_with_several_expressions_reads_each_seg(engine: XSamEngine, image: np.ndarray) -> None:
+    state = engine.pipeline.prepare_image(image)
+    out = engine.pipeline.run(state, XSamRequest(task="refseg", expressions=("the car", "the road")))
+    passes = out.results["refseg_all"]
+    assert out.has_masks and len(passes) == 2
+    assert [p.category_id for p in passes] == [0, 1] and passes[0] is out.results["refseg"]
+    assert all(p.mask.shape == (150, 100) for p in passes)

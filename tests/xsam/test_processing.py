@@ -367,3 +367,220 @@ def test_pruned_generic_postprocessing_equals_the_full_official_computation() ->
             n += 1
             expected_ids[winner == k] = n
     assert len(pan.segments) == n and torch.equal(pan.segmentation, expected_ids)
+
+
+# -- pruned and low-resolution post-processing equal the official computation ---------------------
+
+
+def _official_intseg(
+    logits: torch.Tensor,
+    padded: torch.Tensor,
+    scaled: tuple[int, int],
+    size: tuple[int, int],
+    prompt: torch.Tensor,
+    threshold: float,
+) -> dict[str, Any]:
+    """``intseg_postprocess_fn`` written out without pruning: every query resized and scored."""
+    from xsam_backend.xsam.processing import box_iou, masks_to_boxes
+
+    probs = torch.softmax(logits, -1)[:, :-1]
+    q, c = probs.shape
+    class_scores, topk = probs.flatten().topk(q, sorted=False)
+    queries = torch.div(topk, c, rounding_mode="floor")
+    full = sem_seg_postprocess(padded, scaled, size)[queries]
+    binary = (full > 0).float()
+    mask_scores = (full.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    scores = class_scores * mask_scores
+    keep = (scores >= threshold) | (scores == scores.max())
+    boxes = masks_to_boxes(binary[keep])
+    prompt_orig = sem_seg_postprocess(prompt[None], scaled, size, mode="nearest") > 0
+    ious = box_iou(boxes, masks_to_boxes(prompt_orig))[:, 0]
+    best = int(ious.argmax())
+    return {
+        "queries": queries[keep],
+        "scores": scores[keep],
+        "boxes": boxes,
+        "ious": ious,
+        "index": best,
+        "mask": binary[keep][best].bool(),
+    }
+
+
+def _random_decoder_output(seed: int, q: int = 24, c: int = 1, low: int = 16) -> tuple[torch.Tensor, ...]:
+    """Class logits ``(q, c + 1)`` and low-resolution mask logits ``(q, low, low)``; a few queries
+    are exact copies of others (tied scores, tied boxes)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(q, c + 1, generator=gen) * (1 + seed % 4)
+    lowres = torch.randn(q, low, low, generator=gen) * 4 + torch.randn(q, 1, 1, generator=gen) * 3
+    copies = torch.randint(0, q, (3, 2), generator=gen)
+    for src, dst in copies.tolist():
+        logits[dst], lowres[dst] = logits[src], lowres[src]
+    top = int(torch.softmax(logits, -1)[:, 0].argmax())
+    logits[(top + 1) % q], lowres[(top + 1) % q] = logits[top], lowres[top]  # a tie at the top
+    return logits, lowres
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.9, 0.999])
+def test_pruned_intseg_equals_the_unpruned_official_computation(threshold: float) -> None:
+    """Bit for bit, ties included. The masks are given in the original frame (no resize), so the
+    only difference from the official computation is which queries get scored."""
+    from xsam_backend.xsam.processing import intseg_postprocess
+
+    side = 64
+    pruned_somewhere, tied_at_top = False, 0
+    for seed in range(40):
+        logits, lowres = _random_decoder_output(seed)
+        masks = upsample_mask_logits(lowres, side)
+        prompt = _prompt_box(seed, side)
+        th = PostprocessThresholds(intseg_score=threshold)
+        want = _official_intseg(logits, masks, (side, side), (side, side), prompt, threshold)
+        got = intseg_postprocess(logits, masks, (side, side), (side, side), prompt, th)
+        assert torch.equal(got.candidate_queries, want["queries"]), seed
+        assert torch.equal(got.candidate_scores, want["scores"]), seed
+        assert torch.equal(got.candidate_boxes, want["boxes"]), seed
+        assert torch.equal(got.ious, want["ious"]), seed
+        assert got.index == want["index"] and torch.equal(got.mask, want["mask"]), seed
+        assert got.score == round(float(want["scores"][want["index"]]), 6)
+        tied_at_top += int((want["scores"] == want["scores"].max()).sum()) >= 2
+        pruned_somewhere |= got.scored < logits.shape[0]
+    assert tied_at_top > 0
+    if threshold > 0:
+        assert pruned_somewhere
+
+
+def _prompt_box(seed: int, side: int) -> torch.Tensor:
+    prompt = torch.zeros(side, side, dtype=torch.uint8)
+    y, x = (seed * 7) % (side - 14), (seed * 11) % (side - 10)
+    prompt[y : y + 12, x : x + 9] = 1
+    return prompt
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.9])
+def test_pruned_intseg_from_low_resolution_logits_matches_the_official_choice(threshold: float) -> None:
+    """Through the real resize chain (stride-8 logits, crop, resize to another size): the same
+    candidates and choice; scores agree to float rounding (resizing a different number of planes
+    may round the last bit differently)."""
+    from xsam_backend.xsam.processing import intseg_postprocess
+
+    scaled, size, pad = (64, 48), (70, 52), 64
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(1000 + seed)
+        logits = torch.randn(24, 2, generator=gen) * 2
+        lowres = torch.randn(24, 16, 16, generator=gen) * 4 + torch.randn(24, 1, 1, generator=gen) * 3
+        prompt = _prompt_box(seed, pad)
+        want = _official_intseg(logits, upsample_mask_logits(lowres, pad), scaled, size, prompt, threshold)
+        th = PostprocessThresholds(intseg_score=threshold)
+        got = intseg_postprocess(logits, lowres, scaled, size, prompt, th, pad_size=pad)
+        assert torch.equal(got.candidate_queries, want["queries"]), seed
+        torch.testing.assert_close(got.candidate_scores, want["scores"], rtol=0, atol=1e-6)
+        assert torch.equal(got.candidate_boxes, want["boxes"]) and got.index == want["index"], seed
+        assert torch.equal(got.mask, want["mask"]), seed
+
+
+def test_low_resolution_input_gives_the_official_results_for_every_task() -> None:
+    from xsam_backend.xsam.processing import (
+        gcgseg_postprocess,
+        instance_postprocess,
+        panoptic_postprocess,
+        refseg_postprocess,
+        semantic_postprocess,
+        vgdseg_postprocess,
+    )
+
+    scaled, size, pad = (64, 40), (90, 57), 64
+    th = PostprocessThresholds(panoptic_score=0.3, instance_score=0.2, vgd_score=0.2)
+    for seed in range(4):
+        logits, lowres = _random_decoder_output(seed, q=16, c=3)
+        padded = upsample_mask_logits(lowres, pad)
+        pan = [
+            panoptic_postprocess(logits, m, scaled, size, (1,), th, **kw) for m, kw in _inputs(lowres, pad)
+        ]
+        assert pan[0].segments == pan[1].segments and torch.equal(pan[0].segmentation, pan[1].segmentation)
+        for fn in (instance_postprocess, vgdseg_postprocess):
+            a, b = (fn(logits, m, scaled, size, th, **kw) for m, kw in _inputs(lowres, pad))
+            assert a.masks.shape[0] > 0
+            for name in ("masks", "classes", "boxes", "segmentation"):
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+            # Upsampling fewer planes at once may round the last bit of a logit differently.
+            torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-6)
+        sem = [semantic_postprocess(logits, m, scaled, size, **kw) for m, kw in _inputs(lowres, pad)]
+        assert torch.equal(sem[0], sem[1])
+        gcg = [gcgseg_postprocess(logits, m, scaled, size, **kw) for m, kw in _inputs(lowres, pad)]
+        assert torch.equal(gcg[0].segmentation, gcg[1].segmentation)
+        one = logits[:, [0, -1]]
+        ref = [refseg_postprocess(one, m, scaled, size, **kw) for m, kw in _inputs(lowres, pad)]
+        assert torch.equal(ref[0].mask, ref[1].mask) and ref[0].score == ref[1].score
+        assert torch.equal(padded, upsample_mask_logits(lowres, pad))
+
+
+def _inputs(lowres: torch.Tensor, pad: int) -> list[tuple[torch.Tensor, dict[str, int]]]:
+    return [(upsample_mask_logits(lowres, pad), {}), (lowres, {"pad_size": pad})]
+
+
+def test_instances_by_class_probability_lists_the_official_pool_in_bound_order() -> None:
+    from xsam_backend.xsam.processing import instance_postprocess
+    from xsam_backend.xsam.processing_post import instances_by_class_probability
+
+    side = 64  # no resize: the scores are bit for bit those of the batched official call
+    for seed in range(6):
+        logits, lowres = _random_decoder_output(seed, q=12, c=2)
+        masks = upsample_mask_logits(lowres, side)
+        frames = ((side, side), (side, side))
+        pool = instance_postprocess(logits, masks, *frames, PostprocessThresholds(instance_score=0.0))
+        ranked = list(instances_by_class_probability(logits, masks, *frames))
+        assert sorted(r.rank for r in ranked) == list(range(12))
+        bounds = [r.class_prob for r in ranked]
+        assert bounds == sorted(bounds, reverse=True)
+        for r in ranked:
+            assert r.score <= r.class_prob
+            assert r.score == float(pool.scores[r.rank]) and int(pool.classes[r.rank]) == r.category_id
+            assert torch.equal(r.mask, pool.masks[r.rank])
+
+
+def test_semantic_scores_are_mean_pixel_class_probabilities() -> None:
+    from xsam_backend.xsam.processing_post import semantic_segments
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [-3.0, 3.0, 0.0], [0.0, 0.0, 5.0]])
+    masks = torch.full((3, 32, 32), -30.0)
+    masks[0, :, :16] = 30.0  # query 0 owns the left half, query 1 the right half
+    masks[1, :, 16:] = 30.0
+    result = semantic_segments(logits, masks, (32, 32), (32, 32))
+    probs = torch.softmax(logits, -1)[:, :-1]
+    assert torch.equal(result.segmentation, semantic_postprocess_of(logits, masks))
+    assert (result.segmentation[:, :15] == 0).all() and (result.segmentation[:, 17:] == 1).all()
+    # Away from the seam one query's sigmoid is 1 and the others' ~0: p(c | x) = P(c | that query).
+    assert float(result.scores[0]) == pytest.approx(float(probs[0, 0]), abs=0.02)
+    assert float(result.scores[1]) == pytest.approx(float(probs[1, 1]), abs=0.02)
+    assert ((result.scores >= 0) & (result.scores <= 1)).all()
+
+
+def semantic_postprocess_of(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    from xsam_backend.xsam.processing import semantic_postprocess
+
+    return semantic_postprocess(logits, masks, (32, 32), (32, 32))
+
+
+def test_refseg_reads_the_category_of_its_seg_pass() -> None:
+    from xsam_backend.xsam.processing import refseg_postprocess
+
+    logits = torch.tensor([[4.0, -4.0, 0.0], [-4.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+    masks = torch.zeros(3, 16, 16)
+    masks[1, :4, :4] = 9.0
+    masks[0, 8:, 8:] = 9.0
+    second = refseg_postprocess(logits, masks, (16, 16), (16, 16), category=1)
+    assert second.query == 1 and second.category_id == 1 and int(second.mask.sum()) > 0
+    assert second.mask[0, 0] and not second.mask[12, 12]
+    assert refseg_postprocess(logits, masks, (16, 16), (16, 16)).query == 0
+    with pytest.raises(ValueError, match="out of range"):
+        refseg_postprocess(logits, masks, (16, 16), (16, 16), category=2)
+
+
+def test_masks_to_boxes_edges_and_empty_masks() -> None:
+    from xsam_backend.xsam.processing import masks_to_boxes
+
+    masks = torch.zeros(3, 5, 7, dtype=torch.bool)
+    masks[0, 4, 6] = True  # the last pixel: exclusive corner at the image size
+    masks[1, 1:3, 0:2] = True
+    boxes = masks_to_boxes(masks)
+    assert boxes.tolist() == [[6.0, 4.0, 7.0, 5.0], [0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0]]
+    assert boxes.dtype == torch.float32 and masks_to_boxes(masks[:0]).shape == (0, 4)

@@ -13,11 +13,18 @@ Task mapping (``xsam_backend.prompt.Task`` → X-SAM):
 * ``CAPTION`` → ``gcgseg`` by greedy generation: the caption and one mask per grounded phrase.
 
 Negative points. X-SAM has no notion of a negative click. With negative points the engine
-scores every query as the official instance post-processing does and returns the best-scoring
+scores the queries as the official instance post-processing does and returns the best-scoring
 candidate mask that covers every positive point and contains no negative point; failing that,
 the best-scoring one that contains no negative point; failing that, the official choice (the
 mask whose box best matches the prompt's box), with a note. Without negative points the result
-is the official ``intseg`` choice.
+is the official ``intseg`` choice. Queries are visited in decreasing class probability (an upper
+bound of the score) and the search stops once no remaining one can beat the best covering mask,
+so most masks are never resized to the image and memory stays bounded.
+
+Scores: interactive, similar, generic instance and panoptic segments carry the official scores;
+referring segments the phrase probability of their query (one segment per ``<SEG>``); a semantic
+segment the mean, over its pixels, of the pixel's class probability (the queries' class
+distributions weighted by their mask probabilities, see ``processing_post.semantic_segments``).
 
 Caching. Per image (keyed by the pixels' SHA-256 and the model version) the engine keeps the
 encoder outputs, the pixel-decoder maps and the LLM key/value cache of the prompt prefix
@@ -35,6 +42,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -209,8 +217,8 @@ class XSamEngine:
         elif prompt.task is Task.GENERIC:
             segments = _generic_segments(output, prompt)
         elif prompt.task in (Task.REFERRING, Task.REASONING):
-            ref = output.results["refseg"]
-            segments.append(Segment(_np(ref.mask), prompt.label, float(ref.score)))
+            for ref in output.results["refseg_all"]:
+                segments.append(Segment(_np(ref.mask), prompt.label, float(ref.score)))
         else:
             gcg = output.results["gcgseg"]
             for phrase, mask, score in zip(output.phrases, gcg.masks, gcg.scores):
@@ -224,20 +232,57 @@ class XSamEngine:
         if not prompt.negative_points:
             return official, None
         assert output.class_logits is not None and output.mask_logits is not None
-        pool = post.instance_postprocess(
-            output.class_logits[0].cpu(),
-            output.mask_logits[0].cpu(),
+        ranked = post.instances_by_class_probability(
+            output.class_logits[0],
+            output.mask_logits[0],
             output.scaled_size,
             output.image_size,
-            post.PostprocessThresholds(instance_score=0.0),
+            pad_size=output.pad_size,
         )
         positives = [pt for r in prompt.regions if r.kind == "point" for pt in r.points]
-        pick = choose_with_negatives(
-            pool.masks.numpy(), pool.scores.numpy(), positives, list(prompt.negative_points)
-        )
+        pick = best_with_negatives(ranked, positives, list(prompt.negative_points))
         if pick is None:
             return official, "no candidate mask excludes the negative points; returned X-SAM's own choice"
-        return Segment(pool.masks[pick].numpy().astype(bool), prompt.label, float(pool.scores[pick])), None
+        return Segment(_np(pick.mask), prompt.label, pick.score), None
+
+
+def _inside(mask: np.ndarray | torch.Tensor, pt: tuple[float, float]) -> bool:
+    """Whether pixel point ``(x, y)`` (clamped to the image) is on ``mask`` ``(H, W)`` bool."""
+    h, w = mask.shape
+    x, y = min(max(int(pt[0]), 0), w - 1), min(max(int(pt[1]), 0), h - 1)
+    return bool(mask[y, x])
+
+
+def best_with_negatives(
+    ranked: Iterable[post.RankedInstance],
+    positives: list[tuple[float, float]],
+    negatives: list[tuple[float, float]],
+) -> post.RankedInstance | None:
+    """:func:`choose_with_negatives` over instances met in decreasing class probability.
+
+    ``ranked`` as :func:`~xsam_backend.xsam.processing_post.instances_by_class_probability`
+    yields them; points ``(x, y)`` in pixels. The answer is the one :func:`choose_with_negatives`
+    gives on the whole pool (the best score, the lowest rank on ties), found without scoring the
+    instances whose class probability is below the best covering score. ``None`` when every
+    instance contains a negative point.
+    """
+    covering: post.RankedInstance | None = None
+    clean: post.RankedInstance | None = None
+
+    def better(a: post.RankedInstance, b: post.RankedInstance | None) -> bool:
+        return b is None or a.score > b.score or (a.score == b.score and a.rank < b.rank)
+
+    for inst in ranked:
+        if covering is not None and inst.class_prob < covering.score:
+            break
+        mask = inst.mask
+        if not mask.any() or any(_inside(mask, p) for p in negatives):
+            continue
+        if better(inst, clean):
+            clean = inst
+        if all(_inside(mask, p) for p in positives) and better(inst, covering):
+            covering = inst
+    return covering if covering is not None else clean
 
 
 def choose_with_negatives(
@@ -251,16 +296,10 @@ def choose_with_negatives(
     ``masks``: ``(K, H, W)`` bool, ``scores``: ``(K,)``; points ``(x, y)`` in pixels. ``None`` when
     every candidate contains a negative point.
     """
-    h, w = masks.shape[1:]
-
-    def inside(mask: np.ndarray, pt: tuple[float, float]) -> bool:
-        x, y = min(max(int(pt[0]), 0), w - 1), min(max(int(pt[1]), 0), h - 1)
-        return bool(mask[y, x])
-
     clean = [
-        k for k in range(len(masks)) if masks[k].any() and not any(inside(masks[k], p) for p in negatives)
+        k for k in range(len(masks)) if masks[k].any() and not any(_inside(masks[k], p) for p in negatives)
     ]
-    covering = [k for k in clean if all(inside(masks[k], p) for p in positives)]
+    covering = [k for k in clean if all(_inside(masks[k], p) for p in positives)]
     for group in (covering, clean):
         if group:
             return max(group, key=lambda k: float(scores[k]))
@@ -288,8 +327,8 @@ def _generic_segments(output: XSamOutput, prompt: Prompt) -> list[Segment]:
                 segments.append(Segment(_np(mask), classes[int(cls)], float(score)))
     if "semantic" in output.results:
         sem = output.results["semantic"]
-        for k in sorted(int(v) for v in torch.unique(sem)):
-            segments.append(Segment(_np(sem == k), classes[k], 1.0))
+        for k in sorted(int(v) for v in torch.unique(sem.segmentation)):
+            segments.append(Segment(_np(sem.segmentation == k), classes[k], float(sem.scores[k])))
     return segments
 
 

@@ -7,16 +7,18 @@ Two steps, so that the expensive one can be cached per image:
    prefix, the Phi-3 key/value cache of ``[BOS] <|user|> <image>``, identical for every prompt of
    the image. Held in an :class:`ImageState`.
 2. :meth:`XSamPipeline.run`: prompt building, the LLM over the prompt *suffix* only (the prefix
-   comes from the cache), ``<p>``/``<SEG>`` bookkeeping, one decoder pass, upsampling of the last
-   mask set only, and the official post-processing of the task.
+   comes from the cache, shared, never copied), ``<p>``/``<SEG>`` bookkeeping, one decoder pass,
+   and the official post-processing of the task, which upsamples only the queries it needs from
+   the decoder's stride-8 mask logits (never all ``Q`` masks to the padded frame).
 
 Modes: ``"tensor"`` is the official evaluation path (prompt plus a fixed answer in one forward, no
 generation); ``"predict"`` generates the answer greedily (grounded conversation, ``gcgseg``,
 always; any other task on request) and reads ``<SEG>`` and the phrases from the generated tokens.
 
 Decisions that follow the official code: a mask is produced only when the answer holds exactly
-one ``<SEG>`` (``refseg``/``reaseg``: one decoder pass per ``<SEG>``, post-processed from the
-first); in predict mode the classes come from the generated ``<p>…</p>`` spans when there are
+one ``<SEG>``, except ``refseg``/``reaseg``: one decoder pass per ``<SEG>``, the ``k``-th read with
+phrase ``k`` (every pass with phrase 0 when there is one phrase; a ``<SEG>`` beyond the phrases is
+dropped); in predict mode the classes come from the generated ``<p>…</p>`` spans when there are
 any, else from the prompt's.
 """
 
@@ -106,10 +108,14 @@ class XSamOutput:
     """What :meth:`XSamPipeline.run` produced.
 
     ``class_logits``: ``(1, Q, C + 1)`` (last column background) and ``mask_logits``:
-    ``(1, Q, S, S)`` fp32 logits in the padded SAM frame, ``None`` without a mask.
+    ``(1, Q, S/8, S/8)`` fp32, the decoder's stride-8 logits of the padded SAM frame (side
+    ``pad_size`` = ``S``; post-processing functions take them with ``pad_size=out.pad_size``),
+    ``None`` without a mask; both from the first ``<SEG>`` pass.
     ``results``: post-processed results by name (``"panoptic"``, ``"instance"``,
-    ``"semantic"``, ``"refseg"``, ``"gcgseg"``, ``"vgdseg"``, ``"intseg"``), from
-    :mod:`xsam_backend.xsam.processing`, in the original image frame. ``generated_ids`` /
+    ``"semantic"`` (:class:`~xsam_backend.xsam.processing_post.SemanticResult`), ``"refseg"``
+    (the first ``<SEG>``) and ``"refseg_all"`` (a tuple, one per ``<SEG>``), ``"gcgseg"``,
+    ``"vgdseg"``, ``"intseg"``), from :mod:`xsam_backend.xsam.processing_post`, in the original
+    image frame. ``generated_ids`` /
     ``generated_text`` / ``phrases`` / ``caption``: predict mode. ``tokens_run``: LLM positions
     computed for this call (the cached prefix excluded). ``image_size`` / ``scaled_size``:
     ``(H, W)`` of the original image and of the resized image in the padded SAM frame.
@@ -127,6 +133,7 @@ class XSamOutput:
     tokens_run: int = 0
     image_size: tuple[int, int] = (0, 0)
     scaled_size: tuple[int, int] = (0, 0)
+    pad_size: int = 0
 
 
 @dataclass
@@ -141,6 +148,18 @@ class _Prefix:
                 if isinstance(t, torch.Tensor):
                     total += t.numel() * t.element_size()
         return total
+
+    def fork(self) -> DynamicCache:
+        """A cache that continues the prefix without copying it.
+
+        Layers append by concatenation (``DynamicLayer.update`` rebinds ``keys``/``values`` to new
+        tensors), so the fork may share the prefix tensors: extending it never writes into them.
+        A deep copy would duplicate the whole prefix (~0.7 GB for the release model in bf16) on
+        every prompt.
+        """
+        forked = copy.copy(self.cache)
+        forked.layers = [copy.copy(layer) for layer in self.cache.layers]
+        return forked
 
 
 @dataclass
@@ -291,6 +310,7 @@ class XSamPipeline:
             trace["input.seg_ids"] = torch.from_numpy(prompt.seg_ids)[None]
 
         region_embeds = None
+        vp: torch.Tensor | None = None
         if prompt.num_regions:
             if request.prompt_masks is None or request.prompt_masks.shape[0] != prompt.num_regions:
                 raise ValueError(
@@ -309,7 +329,7 @@ class XSamPipeline:
             raise ValueError("an X-SAM prompt needs the <image> placeholder")
         prefix_ids = tuple(int(i) for i in prompt.input_ids[: image_pos + 1])
         prefix, built = self._prefix(state, prefix_ids)
-        cache = copy.deepcopy(prefix.cache)
+        cache = prefix.fork()
         suffix_embeds = model.embed_ids(ids[image_pos + 1 :], None, region_embeds)
         spliced = _splice_ids(prompt, self.config.num_image_tokens)
         if trace is not None:
@@ -319,24 +339,35 @@ class XSamPipeline:
                 trace[f"spliced.{key}"] = torch.from_numpy(value)[None]
         prompt_len = prefix.hidden.shape[1] + suffix_embeds.shape[1]
         out = XSamOutput(
-            task=request.task, has_masks=False, image_size=state.image_size, scaled_size=state.scaled_size
+            task=request.task,
+            has_masks=False,
+            image_size=state.image_size,
+            scaled_size=state.scaled_size,
+            pad_size=self.config.sam_image_size,
         )
         out.tokens_run = suffix_embeds.shape[1] + (prefix.hidden.shape[1] if built else 0)
 
         predict = request.mode == "predict" or request.task == "gcgseg"
         if not predict:
-            hidden = torch.cat([prefix.hidden, model.run_llm(suffix_embeds, cache)], dim=1)
-            embeds = model.project(hidden)[0]
+            suffix_hidden = model.run_llm(suffix_embeds, cache)
+            cond_ids = torch.from_numpy(spliced["cond_ids"]).to(self.device)
+            seg_ids = torch.from_numpy(spliced["seg_ids"]).to(self.device)
+            # Phrases and <SEG> sit after <image>: the projector (per position) need not see the
+            # cached prefix, ~1.8k positions for the release model.
+            start = prefix.hidden.shape[1]
+            in_prefix = bool((cond_ids[:start] >= 0).any() or (seg_ids[:start] >= 0).any())
+            if trace is not None or in_prefix:
+                hidden = torch.cat([prefix.hidden, suffix_hidden], dim=1)
+                embeds, start = model.project(hidden)[0], 0
+            else:
+                embeds = model.project(suffix_hidden)[0]
             if trace is not None:
                 trace["llm.last_hidden_state"] = hidden
                 trace["llm.logits_last8"] = model.llm.lm_head(hidden[:, -8:])
                 trace["llm_projector.out"] = embeds[None]
-            cond_ids = torch.from_numpy(spliced["cond_ids"]).to(self.device)
-            seg_ids = torch.from_numpy(spliced["seg_ids"]).to(self.device)
-            if trace is not None:
                 trace["index_embeds.cond.ids"] = cond_ids[None].cpu()
                 trace["index_embeds.seg.ids"] = seg_ids[None].cpu()
-            conds, segs = index_mean(embeds, cond_ids), index_mean(embeds, seg_ids)
+            conds, segs = index_mean(embeds, cond_ids[start:]), index_mean(embeds, seg_ids[start:])
             cond_key = "cond"
         else:
             suffix_hidden, generated, gen_hidden = self._generate(
@@ -394,8 +425,38 @@ class XSamPipeline:
             trace["decoder.masks_queries_logits_lowres"] = decoded.mask_logits
             trace["decoder.last_query_states"] = decoded.query_states
             trace["class_queries_logits"] = decoded.class_logits
-        self._postprocess(out, decoded, state, request, trace)
+        self._postprocess(out, decoded, state, request, vp, trace)
+        if request.task in _ONE_SEG_PER_PASS:
+            out.results["refseg_all"] = self._refseg_passes(out, state, request, segs, cond_embeds)
         return out
+
+    def _refseg_passes(
+        self,
+        out: XSamOutput,
+        state: ImageState,
+        request: XSamRequest,
+        segs: torch.Tensor,
+        cond_embeds: torch.Tensor,
+    ) -> tuple[post.MaskResult, ...]:
+        """One :class:`~xsam_backend.xsam.processing_post.MaskResult` per ``<SEG>`` ``segs``
+        ``(K, D)``: the first pass is already in ``out``; pass ``k`` is read with phrase ``k``."""
+        num_phrases = cond_embeds.shape[0] - 1
+        th = request.thresholds or self.thresholds
+        passes = [out.results["refseg"]]
+        for k in range(1, segs.shape[0] if num_phrases == 1 else min(segs.shape[0], num_phrases)):
+            decoded = self.model.decode(state.features, segs[k], cond_embeds)
+            passes.append(
+                post.refseg_postprocess(
+                    decoded.class_logits[0].float(),
+                    decoded.mask_logits[0].float(),
+                    state.scaled_size,
+                    state.image_size,
+                    th,
+                    pad_size=out.pad_size,
+                    category=k if num_phrases > 1 else 0,
+                )
+            )
+        return tuple(passes)
 
     def __call__(self, image: np.ndarray, request: XSamRequest) -> XSamOutput:
         """``run(prepare_image(image), request)``: no caching."""
@@ -445,54 +506,63 @@ class XSamPipeline:
         decoded: DecoderOutput,
         state: ImageState,
         request: XSamRequest,
+        prompt_masks: torch.Tensor | None,
         trace: Trace | None,
     ) -> None:
+        """Run the task's post-processing on the stride-8 logits; ``prompt_masks``: ``(N, S, S)``
+        the pre-processed visual prompts (``vgdseg``/``intseg``)."""
         out.has_masks = True
         out.class_logits = decoded.class_logits.float()
-        out.mask_logits = upsample_mask_logits(decoded.mask_logits, self.config.sam_image_size)
+        out.mask_logits = decoded.mask_logits.float()
         logits, masks = out.class_logits[0], out.mask_logits[0]
         frames = (state.scaled_size, state.image_size)
+        pad = out.pad_size
         th = request.thresholds or self.thresholds
         if trace is not None:
-            trace["masks_queries_logits"] = out.mask_logits
-            trace["masks_queries_logits_orig"] = post.sem_seg_postprocess(masks, *frames)[None]
+            padded = upsample_mask_logits(out.mask_logits, pad)
+            trace["masks_queries_logits"] = padded
+            trace["masks_queries_logits_orig"] = post.sem_seg_postprocess(padded[0], *frames)[None]
         task = request.task
         if task in ("genseg", "ovseg"):
             for kind in request.segmentation:
                 if kind == "panoptic":
-                    pan = post.panoptic_postprocess(logits, masks, *frames, request.stuff_indices, th)
+                    pan = post.panoptic_postprocess(
+                        logits, masks, *frames, request.stuff_indices, th, pad_size=pad
+                    )
                     out.results["panoptic"] = pan
                     _record(trace, "post.panoptic", segmentation=pan.segmentation)
                 elif kind == "instance":
-                    ins = post.instance_postprocess(logits, masks, *frames, th)
+                    ins = post.instance_postprocess(logits, masks, *frames, th, pad_size=pad)
                     out.results["instance"] = ins
                     _record_instances(trace, "post.instance", ins)
                 elif kind == "semantic":
-                    sem = post.semantic_postprocess(logits, masks, *frames)
+                    sem = post.semantic_segments(logits, masks, *frames, pad_size=pad)
                     out.results["semantic"] = sem
-                    _record(trace, "post.semantic", segmentation=sem)
+                    _record(trace, "post.semantic", segmentation=sem.segmentation)
                 else:
                     raise ValueError(f"segmentation must be panoptic, instance or semantic; got {kind!r}")
         elif task in ("refseg", "reaseg"):
-            ref = post.refseg_postprocess(logits, masks, *frames, th)
+            ref = post.refseg_postprocess(logits, masks, *frames, th, pad_size=pad)
             out.results["refseg"] = ref
             _record(trace, "post.refseg", segmentation=_paint(ref.mask, 1))
         elif task == "gcgseg":
-            gcg = post.gcgseg_postprocess(logits, masks, *frames, th)
+            gcg = post.gcgseg_postprocess(logits, masks, *frames, th, pad_size=pad)
             out.results["gcgseg"] = gcg
             _record(trace, "post.gcgseg", segmentation=gcg.segmentation)
         elif task in ("vgdseg", "intseg"):
-            prompt_masks = preprocess_prompt_masks(np.asarray(request.prompt_masks), self._sam_pre)
-            prompt_orig = post.prompt_masks_to_original(prompt_masks, *frames)
+            if prompt_masks is None:
+                raise ValueError(f"{task} needs prompt masks")
             if task == "vgdseg":
-                vgd = post.vgdseg_postprocess(logits, masks, *frames, th)
+                vgd = post.vgdseg_postprocess(logits, masks, *frames, th, pad_size=pad)
                 out.results["vgdseg"] = vgd
                 _record_instances(trace, "post.vgdseg", vgd)
             else:
-                intseg = post.intseg_postprocess(logits, masks, *frames, prompt_masks[0], th)
+                intseg = post.intseg_postprocess(logits, masks, *frames, prompt_masks[0], th, pad_size=pad)
                 out.results["intseg"] = intseg
                 _record(trace, "post.intseg", segmentation=_paint(intseg.mask, 1))
-            _record(trace, f"post.{task}", vprompt_masks_orig=prompt_orig)
+            if trace is not None:
+                prompt_orig = post.prompt_masks_to_original(prompt_masks, *frames)
+                _record(trace, f"post.{task}", vprompt_masks_orig=prompt_orig)
 
 
 def _paint(mask: torch.Tensor, value: int) -> torch.Tensor:

@@ -8,6 +8,11 @@ Inputs, for one image (the batch dimension removed):
   (:func:`upsample_mask_logits`), the resized image in ``[0:scaled_h, 0:scaled_w]``;
 * ``scaled_size`` ``(h, w)`` and ``original_size`` ``(H, W)`` from pre-processing.
 
+Every function that resizes masks also takes ``pad_size``: when it is given, ``mask_logits`` are
+the decoder's stride-8 logits ``(Q, P/8, P/8)`` and only the queries a rule needs are upsampled to
+the ``P x P`` padded frame, then cropped and resized. Resizing is per query (bit for bit the same
+as resizing all of them), so the results are the official ones without the ``Q x P x P`` tensor.
+
 Every function follows the official ``*_postprocess_fn`` of its task (``AAAI26_Archive``) step
 by step, including its quirks (noted where they matter), so results match the official ones;
 class probabilities are ``softmax(class_logits)[:, :-1]`` everywhere. Outputs are torch tensors
@@ -16,7 +21,7 @@ on the input's device, in the original frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -97,20 +102,94 @@ def _class_probs(class_logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(class_logits, dim=-1)[:, :-1]
 
 
+def _to_original(
+    mask_logits: torch.Tensor,
+    queries: torch.Tensor | slice,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    pad_size: int | None,
+) -> torch.Tensor:
+    """The logits of ``queries`` in the original frame, ``(K, H, W)``; see the module docstring."""
+    selected = mask_logits[queries]
+    count = selected.shape[0]
+    if count == 1:
+        # A lone plane is resized with another work split (and rounding) than a plane of a batch:
+        # resizing two copies keeps the values bit for bit those of the official batched call.
+        selected = selected.repeat(2, 1, 1)
+    if pad_size is not None:
+        selected = upsample_mask_logits(selected.float(), pad_size)
+    return sem_seg_postprocess(selected, scaled_size, original_size)[:count]
+
+
+# Queries resized at once while scoring: bounds the (K, H, W) fp32 temporaries to ~64 MB each.
+_CHUNK_PIXELS = 1 << 24
+
+
+def _chunk_size(original_size: tuple[int, int]) -> int:
+    return max(2, _CHUNK_PIXELS // max(1, int(original_size[0]) * int(original_size[1])))
+
+
+def _mask_scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official instance mask scoring of ``(K, H, W)`` original-frame logits.
+
+    Returns the binary masks ``(K, H, W)`` bool (logit ``> 0``) and the mean mask probability
+    inside each mask ``(K,)`` float32 (0 for an empty mask).
+    """
+    binary = (logits > 0).float()
+    inside = logits.sigmoid().flatten(1) * binary.flatten(1)
+    area = binary.flatten(1)
+    if inside.shape[0] == 1:
+        # A lone row is summed by several threads in another order than a row of a batch is:
+        # scoring two copies keeps the sums bit for bit those of the official batched call.
+        inside, area = inside.repeat(2, 1), area.repeat(2, 1)
+    scores = inside.sum(1) / (area.sum(1) + 1e-6)
+    return binary.bool(), scores[: logits.shape[0]]
+
+
+@dataclass(frozen=True, eq=False)
+class _TopK:
+    """The official instance ranking: the ``Q`` best (query, class) pairs, unsorted top-k order.
+
+    ``class_probs``: ``(N,)`` float32, each pair's class probability (the upper bound of its
+    score); ``classes`` and ``queries``: ``(N,)`` int64.
+    """
+
+    class_probs: torch.Tensor
+    classes: torch.Tensor
+    queries: torch.Tensor
+
+
+def _official_topk(class_logits: torch.Tensor) -> _TopK:
+    probs = _class_probs(class_logits)
+    num_queries, num_classes = probs.shape
+    labels = torch.arange(num_classes, device=probs.device).unsqueeze(0).repeat(num_queries, 1).flatten(0, 1)
+    # sorted=False as the official code: the order of the kept instances depends on it.
+    scores, topk = probs.flatten(0, 1).topk(num_queries, sorted=False)
+    queries = torch.div(topk, num_classes, rounding_mode="floor")
+    return _TopK(scores, labels[topk], queries)
+
+
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes of masks ``(K, H, W)``: ``(K, 4)`` float32 ``[x0, y0, x1, y1]``, x1/y1 exclusive.
 
     An empty mask gets ``[0, 0, 0, 0]`` (detectron2 ``BitMasks.get_bounding_boxes``).
     """
-    boxes = torch.zeros(masks.shape[0], 4, dtype=torch.float32, device=masks.device)
-    x_any = torch.any(masks != 0, dim=1)
-    y_any = torch.any(masks != 0, dim=2)
-    for i in range(masks.shape[0]):
-        x = torch.where(x_any[i])[0]
-        y = torch.where(y_any[i])[0]
-        if len(x) > 0 and len(y) > 0:
-            boxes[i] = torch.tensor([x[0], y[0], x[-1] + 1, y[-1] + 1], dtype=torch.float32)
-    return boxes
+    occupied = masks if masks.dtype == torch.bool else masks != 0
+    x_any = occupied.any(dim=1)  # (K, W)
+    y_any = occupied.any(dim=2)  # (K, H)
+
+    def span(occupied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # argmax returns the first maximum: the first occupied column (row) from either end.
+        first = occupied.byte().argmax(dim=1)
+        last = occupied.shape[1] - occupied.flip(1).byte().argmax(dim=1)
+        return first, last
+
+    if masks.shape[0] == 0 or masks.shape[1] == 0 or masks.shape[2] == 0:
+        return torch.zeros(masks.shape[0], 4, dtype=torch.float32, device=masks.device)
+    x0, x1 = span(x_any)
+    y0, y1 = span(y_any)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
+    return boxes * x_any.any(dim=1, keepdim=True)
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -155,6 +234,7 @@ def panoptic_postprocess(
     original_size: tuple[int, int],
     stuff_classes: Iterable[int] = (),
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
 ) -> PanopticResult:
     """Panoptic segmentation (official ``genseg_postprocess_fn``, panoptic branch).
 
@@ -172,7 +252,7 @@ def panoptic_postprocess(
     pred_score, pred_label = pred_score[keep], pred_label[keep]
     # The official code resizes every query and then drops the unconfident ones; resizing is per
     # query, so dropping them first gives the same result.
-    mask_prob = sem_seg_postprocess(mask_logits[keep], scaled_size, original_size).sigmoid()
+    mask_prob = _to_original(mask_logits, keep, scaled_size, original_size, pad_size).sigmoid()
 
     height, width = int(original_size[0]), int(original_size[1])
     segmentation = torch.zeros((height, width), dtype=torch.int32, device=mask_logits.device)
@@ -226,33 +306,32 @@ def _topk_instances(
     mask_logits: torch.Tensor,
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
-    min_score: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Official instance scoring: (binary masks ``(K, H, W)``, scores, classes, queries).
+    min_score: float,
+    pad_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official instance scoring of the pairs that reach ``min_score``: (binary masks ``(K, H, W)``
+    bool, scores ``(K,)``, classes ``(K,)``), in the official top-k order.
 
-    The ``Q`` best (query, class) pairs in the official (unsorted top-k) order. With
-    ``min_score`` set, pairs whose class probability is below it are left out *before* their
-    masks are resized: the instance score is the class probability times a mean mask
-    probability (at most 1), so such a pair can never reach ``min_score``. Resizing is per query,
-    so the kept results are exactly the official ones at a fraction of the memory and time.
+    A pair's score is its class probability times a mean mask probability (at most 1), so a pair
+    whose class probability is below ``min_score`` can never reach it: it is left out *before*
+    its mask is resized. Masks are resized and scored a few queries at a time.
     """
-    probs = _class_probs(class_logits)
-    num_queries, num_classes = probs.shape
-    labels = torch.arange(num_classes, device=probs.device).unsqueeze(0).repeat(num_queries, 1).flatten(0, 1)
-    # sorted=False as the official code: the order of the kept instances depends on it.
-    scores, topk = probs.flatten(0, 1).topk(num_queries, sorted=False)
-    classes = labels[topk]
-    queries = torch.div(topk, num_classes, rounding_mode="floor")
-    if min_score is not None and min_score > 0:
-        needed = scores >= min_score
-        scores, classes, queries = scores[needed], classes[needed], queries[needed]
+    top = _official_topk(class_logits)
+    needed = torch.nonzero(top.class_probs >= min_score).flatten()
+    scores, classes, queries = top.class_probs[needed], top.classes[needed], top.queries[needed]
+    size = (int(original_size[0]), int(original_size[1]))
+    masks = torch.zeros((len(needed), *size), dtype=torch.bool, device=mask_logits.device)
+    mask_scores = torch.zeros(len(needed), dtype=torch.float32, device=mask_logits.device)
     unique, inverse = torch.unique(queries, return_inverse=True)
-    mask_pred = sem_seg_postprocess(mask_logits[unique], scaled_size, original_size)[inverse]
-    masks = (mask_pred > 0).float()
-    mask_scores = (mask_pred.sigmoid().flatten(1) * masks.flatten(1)).sum(1) / (
-        masks.flatten(1).sum(1) + 1e-6
-    )
-    return masks, scores * mask_scores, classes, queries
+    step = _chunk_size(size)
+    for start in range(0, len(unique), step):
+        binary, chunk_scores = _mask_scores(
+            _to_original(mask_logits, unique[start : start + step], scaled_size, size, pad_size)
+        )
+        rows = (inverse >= start) & (inverse < start + step)
+        masks[rows] = binary[inverse[rows] - start]
+        mask_scores[rows] = chunk_scores[inverse[rows] - start].to(mask_scores.dtype)
+    return masks, scores * mask_scores, classes
 
 
 def _instances(
@@ -262,9 +341,10 @@ def _instances(
     original_size: tuple[int, int],
     threshold: float,
     background: int,
+    pad_size: int | None,
 ) -> InstanceResult:
-    masks, scores, classes, _ = _topk_instances(
-        class_logits, mask_logits, scaled_size, original_size, threshold
+    masks, scores, classes = _topk_instances(
+        class_logits, mask_logits, scaled_size, original_size, threshold, pad_size
     )
     segmentation = torch.full(
         (int(original_size[0]), int(original_size[1])),
@@ -272,15 +352,15 @@ def _instances(
         dtype=torch.long,
         device=mask_logits.device,
     )
+    keep = scores >= threshold
     current = 0
     for j in range(masks.shape[0]):
-        if scores[j].item() >= threshold and not torch.all(masks[j] == 0):
-            segmentation[masks[j] == 1] = current
+        if keep[j] and masks[j].any():
+            segmentation[masks[j]] = current
             current += 1
-    keep = scores >= threshold
     kept = masks[keep]
     return InstanceResult(
-        masks=kept.bool(),
+        masks=kept,
         scores=scores[keep],
         classes=classes[keep],
         boxes=masks_to_boxes(kept),
@@ -294,6 +374,7 @@ def instance_postprocess(
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
 ) -> InstanceResult:
     """Instance segmentation (official ``genseg_postprocess_fn``, instance branch).
 
@@ -301,7 +382,76 @@ def instance_postprocess(
     the mean mask probability inside the mask; keep ``score >= thresholds.instance_score``. A kept
     mask may be empty (the official ``Instances`` keep it too).
     """
-    return _instances(class_logits, mask_logits, scaled_size, original_size, thresholds.instance_score, -1)
+    return _instances(
+        class_logits, mask_logits, scaled_size, original_size, thresholds.instance_score, -1, pad_size
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class RankedInstance:
+    """One (query, class) pair of the official instance ranking, scored.
+
+    ``rank``: its position in the official top-k order; ``class_prob``: its class probability,
+    an upper bound of ``score`` (class probability times mean mask probability); ``mask``:
+    ``(H, W)`` bool, original frame.
+    """
+
+    rank: int
+    query: int
+    category_id: int
+    class_prob: float
+    score: float
+    mask: torch.Tensor
+
+
+def instances_by_class_probability(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    pad_size: int | None = None,
+) -> Iterator[RankedInstance]:
+    """Every pair that :func:`instance_postprocess` scores, lazily, highest class probability first
+    (ties in top-k order).
+
+    Since ``score <= class_prob``, a caller looking for the best-scoring instance with some property
+    may stop as soon as ``class_prob`` falls below the best score found: the remaining masks are
+    never resized. Pairs are resized in batches of 2, 4, 8, ... up to a ~64 MB chunk, so memory
+    stays bounded whatever the image size. Scores are those of :func:`instance_postprocess` with a
+    zero threshold.
+    """
+    top = _official_topk(class_logits)
+    probs = top.class_probs.tolist()
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
+    size = (int(original_size[0]), int(original_size[1]))
+    start, count = 0, 2
+    while start < len(order):
+        ranks = order[start : start + count]
+        # Batches double (up to a chunk): an early stop wastes little, a long scan stays fast.
+        start, count = start + count, min(2 * count, _chunk_size(size))
+        queries = top.queries[ranks]
+        binary, mask_scores = _mask_scores(_to_original(mask_logits, queries, scaled_size, size, pad_size))
+        scores = top.class_probs[ranks] * mask_scores
+        for j, rank in enumerate(ranks):
+            yield RankedInstance(
+                rank=rank,
+                query=int(queries[j]),
+                category_id=int(top.classes[rank]),
+                class_prob=probs[rank],
+                score=float(scores[j]),
+                mask=binary[j],
+            )
+
+
+def _semantic_maps(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, pad_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_q P(c | q) sigmoid(mask_q)`` ``(C, P, P)`` (official) and ``sum_q sigmoid(mask_q)``
+    ``(P, P)``, padded frame."""
+    probs = _class_probs(class_logits)
+    masks = mask_logits if pad_size is None else upsample_mask_logits(mask_logits.float(), pad_size)
+    sigmoid = masks.sigmoid()
+    return torch.einsum("qc,qhw->chw", probs, sigmoid), sigmoid.sum(0)
 
 
 def semantic_postprocess(
@@ -309,15 +459,55 @@ def semantic_postprocess(
     mask_logits: torch.Tensor,
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
+    pad_size: int | None = None,
 ) -> torch.Tensor:
     """Semantic segmentation (official ``genseg_postprocess_fn``, semantic branch).
 
     ``sum_q P(class | q) * sigmoid(mask_q)`` in the padded frame, then cropped and resized, then
     the argmax over classes. Returns ``(H, W)`` int64 phrase indices (no void class).
     """
-    probs = _class_probs(class_logits)
-    semseg = torch.einsum("qc,qhw->chw", probs, mask_logits.sigmoid())
+    semseg, _ = _semantic_maps(class_logits, mask_logits, pad_size)
     return sem_seg_postprocess(semseg, scaled_size, original_size).argmax(dim=0)
+
+
+@dataclass(frozen=True, eq=False)
+class SemanticResult:
+    """``segmentation``: ``(H, W)`` int64 phrase indices (as :func:`semantic_postprocess`);
+    ``scores``: ``(C,)`` float32 in ``[0, 1]``, per class the mean over the pixels it wins of the
+    pixel's class probability (0 for a class that wins no pixel)."""
+
+    segmentation: torch.Tensor
+    scores: torch.Tensor
+
+
+def semantic_segments(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    pad_size: int | None = None,
+) -> SemanticResult:
+    """Semantic segmentation with a score per class.
+
+    The segmentation is the official one. A pixel's class probability is the mask-weighted mixture
+    of the queries' class distributions, ``p(c | x) = sum_q P(c | q) sigmoid(m_q(x)) / sum_q
+    sigmoid(m_q(x))`` (in ``[0, 1]``; the background takes the rest), both sums cropped and resized
+    as the official map; a class's score is the mean of ``p(c | x)`` over the pixels where ``c``
+    wins the argmax.
+    """
+    semseg, total = _semantic_maps(class_logits, mask_logits, pad_size)
+    num_classes = semseg.shape[0]
+    # Resizing is per channel: stacking the normaliser leaves the official channels unchanged.
+    resized = sem_seg_postprocess(torch.cat([semseg, total[None]]), scaled_size, original_size)
+    segmentation = resized[:num_classes].argmax(dim=0)
+    winning = resized[:num_classes].gather(0, segmentation[None])[0]
+    pixel_prob = winning / resized[num_classes].clamp(min=1e-12)
+    flat = segmentation.flatten()
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=flat.device)
+    sums.index_add_(0, flat, pixel_prob.flatten().double())
+    counts = torch.bincount(flat, minlength=num_classes).double()
+    scores = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    return SemanticResult(segmentation, scores.float().clamp(0, 1))
 
 
 # -- single-mask tasks -----------------------------------------------------------------------------
@@ -339,20 +529,24 @@ def refseg_postprocess(
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
+    category: int = 0,
 ) -> MaskResult:
     """Referring and reasoning segmentation (official ``refseg_postprocess_fn``).
 
-    ``class_logits`` must have exactly one phrase (``(Q, 2)``). The query with the highest
-    phrase probability gives the mask ``sigmoid > thresholds.mask``; only that query is resized
-    (resizing is per query, so the result equals the official one).
+    The query with the highest probability of phrase ``category`` gives the mask ``sigmoid >
+    thresholds.mask``; only that query is resized (resizing is per query, so the result equals
+    the official one). The official function takes exactly one phrase (``(Q, 2)``, ``category``
+    0); with several expressions the ``k``-th ``<SEG>`` pass is read with ``category = k``, the
+    class its training target has.
     """
     probs = _class_probs(class_logits)
-    if probs.shape[1] != 1:
-        raise ValueError(f"referring segmentation takes one phrase per <SEG>; got {probs.shape[1]}")
-    score, query = probs[:, 0].max(dim=0)
+    if not 0 <= category < probs.shape[1]:
+        raise ValueError(f"category {category} out of range for {probs.shape[1]} phrase(s)")
+    score, query = probs[:, category].max(dim=0)
     q = int(query.item())
-    mask_pred = sem_seg_postprocess(mask_logits[q : q + 1], scaled_size, original_size)[0]
-    return MaskResult(mask_pred.sigmoid() > thresholds.mask, q, 0, round(score.item(), 6))
+    mask_pred = _to_original(mask_logits, slice(q, q + 1), scaled_size, original_size, pad_size)[0]
+    return MaskResult(mask_pred.sigmoid() > thresholds.mask, q, category, round(score.item(), 6))
 
 
 def reaseg_postprocess(
@@ -361,9 +555,10 @@ def reaseg_postprocess(
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
 ) -> MaskResult:
     """Reasoning segmentation: the same as :func:`refseg_postprocess` (as the official code)."""
-    return refseg_postprocess(class_logits, mask_logits, scaled_size, original_size, thresholds)
+    return refseg_postprocess(class_logits, mask_logits, scaled_size, original_size, thresholds, pad_size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -387,11 +582,12 @@ def gcgseg_postprocess(
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
 ) -> GcgResult:
     """Grounded conversation (official ``gcgseg_postprocess_fn``): per phrase its best query's mask."""
     probs = _class_probs(class_logits)
     scores, queries = probs.max(dim=0)
-    mask_pred = sem_seg_postprocess(mask_logits[queries], scaled_size, original_size)
+    mask_pred = _to_original(mask_logits, queries, scaled_size, original_size, pad_size)
     masks = mask_pred.sigmoid() > thresholds.mask
     segmentation = torch.full(
         (int(original_size[0]), int(original_size[1])), 255, dtype=torch.long, device=mask_logits.device
@@ -407,35 +603,39 @@ def vgdseg_postprocess(
     scaled_size: tuple[int, int],
     original_size: tuple[int, int],
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
 ) -> InstanceResult:
     """Visual grounding, "find all similar" (official ``vgdseg_postprocess_fn``).
 
     Instance scoring as :func:`instance_postprocess` over (query, region) pairs, kept when
     ``score >= thresholds.vgd_score``; ``classes`` are region indices; background 255.
     """
-    return _instances(class_logits, mask_logits, scaled_size, original_size, thresholds.vgd_score, 255)
+    return _instances(
+        class_logits, mask_logits, scaled_size, original_size, thresholds.vgd_score, 255, pad_size
+    )
 
 
 @dataclass(frozen=True, eq=False)
 class IntsegResult:
     """Interactive segmentation: the chosen ``mask`` ``(H, W)`` bool, its ``score``.
 
-    ``candidates``: ``(K, H, W)`` bool masks that passed the score rule (official top-k order),
-    ``candidate_queries`` ``(K,)`` their decoder queries, ``candidate_scores`` ``(K,)``,
-    ``candidate_boxes`` ``(K, 4)``; ``prompt_box`` ``(4,)`` the prompt mask's box;
-    ``ious`` ``(K,)`` box IoUs with it; ``index`` the chosen candidate.
+    The candidates (the pairs that passed the score rule, official top-k order) are described by
+    ``candidate_queries`` ``(K,)`` (decoder queries), ``candidate_scores`` ``(K,)`` and
+    ``candidate_boxes`` ``(K, 4)``; their masks are not kept. ``prompt_box`` ``(4,)`` is the prompt
+    mask's box, ``ious`` ``(K,)`` the candidates' box IoUs with it, ``index`` the chosen candidate.
+    ``scored``: how many masks were resized to find them (at most ``Q``).
     """
 
     mask: torch.Tensor
     score: float
     category_id: int
     index: int
-    candidates: torch.Tensor
     candidate_queries: torch.Tensor
     candidate_scores: torch.Tensor
     candidate_boxes: torch.Tensor
     prompt_box: torch.Tensor
     ious: torch.Tensor
+    scored: int
 
 
 def intseg_postprocess(
@@ -445,37 +645,79 @@ def intseg_postprocess(
     original_size: tuple[int, int],
     prompt_mask: torch.Tensor,
     thresholds: PostprocessThresholds = DEFAULT_THRESHOLDS,
+    pad_size: int | None = None,
 ) -> IntsegResult:
-    """Interactive segmentation (official ``intseg_postprocess_fn``).
+    """Interactive segmentation (official ``intseg_postprocess_fn``), resizing only what can matter.
 
     ``class_logits``: ``(Q, 2)`` (one region). ``prompt_mask``: ``(P, P)`` the preprocessed
     prompt mask (padded frame); it is mapped back to the original frame with nearest resizing.
     Instance scoring as :func:`instance_postprocess`; candidates are the instances with
     ``score >= thresholds.intseg_score`` plus every instance with the top score; the chosen mask
     is the candidate whose box has the highest IoU with the prompt mask's box (first on ties).
+
+    Pruning, exact because ``score <= class probability``: the pairs whose class probability
+    reaches the threshold are scored; the others are visited in decreasing class probability only
+    while it is ``>=`` the best score so far (so a tie with the top score is still found), and the
+    rest can neither reach the threshold nor the top score. Each scored mask is reduced to its box
+    at once; the chosen one is resized again at the end.
     """
     if class_logits.shape[-1] != 2:
         raise ValueError(f"interactive segmentation takes one region; got {class_logits.shape[-1] - 1}")
+    threshold = thresholds.intseg_score
     prompt = prompt_masks_to_original(prompt_mask[None], scaled_size, original_size)
-    # Every query competes for the best score, so none can be left out before resizing.
-    masks, scores, classes, queries = _topk_instances(
-        class_logits, mask_logits, scaled_size, original_size, None
-    )
-    keep = (scores >= thresholds.intseg_score) | (scores == scores.max())
-    masks, scores, classes, queries = masks[keep], scores[keep], classes[keep], queries[keep]
-    boxes = masks_to_boxes(masks)
-    prompt_box = masks_to_boxes(prompt)
-    ious = box_iou(boxes, prompt_box)[:, 0]
-    best = int(ious.argmax().item())
+    top = _official_topk(class_logits)
+    n = len(top.queries)
+    size = (int(original_size[0]), int(original_size[1]))
+    scores = torch.zeros(n, dtype=torch.float32, device=mask_logits.device)
+    boxes = torch.zeros(n, 4, dtype=torch.float32, device=mask_logits.device)
+    scored = torch.zeros(n, dtype=torch.bool, device=mask_logits.device)
+
+    def score(ranks: list[int]) -> float:
+        """Score the pairs at ``ranks``; returns their best score."""
+        index = torch.tensor(ranks, dtype=torch.long, device=mask_logits.device)
+        binary, mask_scores = _mask_scores(
+            _to_original(mask_logits, top.queries[index], scaled_size, size, pad_size)
+        )
+        scores[index] = top.class_probs[index] * mask_scores
+        boxes[index] = masks_to_boxes(binary)
+        scored[index] = True
+        return float(scores[index].max())
+
+    probs = top.class_probs.tolist()
+    confident = [i for i in range(n) if probs[i] >= threshold]
+    step = _chunk_size(size)
+    best = float("-inf")
+    for start in range(0, len(confident), step):
+        best = max(best, score(confident[start : start + step]))
+    others = sorted((i for i in range(n) if probs[i] < threshold), key=lambda i: (-probs[i], i))
+    start = 0
+    while start < len(others) and probs[others[start]] >= best:
+        # Every pair that could still tie the best so far goes in one batch (at least two, at most
+        # a chunk); scoring one that the batch's own best then rules out is harmless.
+        end = start + 1
+        while end < len(others) and end - start < step and (probs[others[end]] >= best or end - start < 2):
+            end += 1
+        best = max(best, score(others[start:end]))
+        start = end
+
+    keep = scored & ((scores >= threshold) | (scores == best))
+    if not bool(keep.any()):
+        raise ValueError("interactive post-processing found no candidate: the mask scores are not finite")
+    ious = box_iou(boxes[keep], masks_to_boxes(prompt))[:, 0]
+    chosen = int(ious.argmax().item())
+    rank = int(torch.nonzero(keep).flatten()[chosen])
+    query = int(top.queries[rank])
+    mask = _to_original(mask_logits, slice(query, query + 1), scaled_size, size, pad_size)[0] > 0
+    prompt_box = masks_to_boxes(prompt)[0]
     return IntsegResult(
-        mask=masks[best].bool(),
-        score=round(scores[best].item(), 6),
-        category_id=int(classes[best].item()),
-        index=best,
-        candidates=masks.bool(),
-        candidate_queries=queries,
-        candidate_scores=scores,
-        candidate_boxes=boxes,
-        prompt_box=prompt_box[0],
+        mask=mask,
+        score=round(scores[rank].item(), 6),
+        category_id=int(top.classes[rank]),
+        index=chosen,
+        candidate_queries=top.queries[keep],
+        candidate_scores=scores[keep],
+        candidate_boxes=boxes[keep],
+        prompt_box=prompt_box,
         ious=ious,
+        scored=int(scored.sum()),
     )
