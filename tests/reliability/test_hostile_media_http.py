@@ -25,11 +25,7 @@ from repo_paths import label_config
 
 BRUSH = label_config("interactive_brush")
 
-LOSSY = ["cmyk.jpg", "exif-rotated.jpg"]
-MASKED = ["disk.png", "rgba.png", "grey.png", "grey16.png", *LOSSY]
-# The weight-free fallback engine spreads onto the flat background of JPEG images (the PNG of the
-# same scene gives the exact disk): the mask holds the whole disk plus a third to twice its area.
-OVER_SEGMENTS = pytest.mark.xfail(reason="fallback engine over-segments lossy JPEG images", strict=True)
+MASKED = ["disk.png", "rgba.png", "grey.png", "grey16.png", "cmyk.jpg", "exif-rotated.jpg"]
 REFUSED = {"bomb.png": (413, "pixels"), "truncated.jpg": (422, "cannot decode image"),
            "not-an-image.png": (422, "cannot decode image")}  # fmt: skip
 
@@ -54,7 +50,7 @@ def test_image_gives_the_disk_mask(client, name: str) -> None:  # type: ignore[n
     assert mask.sum() < 0.8 * mask.size, name  # and not the whole image
 
 
-@pytest.mark.parametrize("name", [*MASKED[:4], *(pytest.param(n, marks=OVER_SEGMENTS) for n in LOSSY)])
+@pytest.mark.parametrize("name", MASKED)
 def test_image_gives_a_tight_disk_mask(client, name: str) -> None:  # type: ignore[no-untyped-def]
     body = predict_body(BRUSH, [f"images/{name}"], {"result": [keypoint(*DISK_CENTER)]})
     (region,) = client.post("/predict", json=body).get_json()["results"][0]["result"]

@@ -46,6 +46,8 @@ FLOOD_TOLERANCES = (28, 18, 10)  # Euclidean Lab distance in OpenCV's 8-bit Lab 
 MIN_FRAME_FRACTION = 0.08  # a guessed frame spans at least this fraction of the image's long side
 GROW_ROUNDS = 3  # GrabCut runs at most this often, widening the frame where the object touches it
 TOUCH_FRACTION = 0.1
+FILL_TRUST = 0.25  # a flood fill over this fraction of the guessed frame is trusted to outline the object
+NEAR_BAND = 0.08  # ... and probable foreground is kept within this fraction of the frame's size around it
 
 Box = tuple[int, int, int, int]  # half-open pixel bounds (x0, y0, x1, y1): columns [x0, x1), rows [y0, y1)
 
@@ -131,7 +133,7 @@ def segment_object(image: np.ndarray, seeds: ObjectSeeds) -> tuple[np.ndarray, f
             else cv2.resize(crop, (window.gw, window.gh), interpolation=cv2.INTER_AREA)
         )
         working = np.ascontiguousarray(working)
-        in_frame = window.crop_to_working(_box_mask(frame, shape), keep_thin=True)
+        in_frame = window.crop_to_working(_box_mask(frame, shape) & _near(grown, frame), keep_thin=True)
         init = _grabcut_init(in_frame, seeds, window, shape, avoid=avoid, hard_frame=seeds.box is not None)
         labels = _run_grabcut(working, init)
         foreground = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
@@ -144,6 +146,25 @@ def segment_object(image: np.ndarray, seeds: ObjectSeeds) -> tuple[np.ndarray, f
     mask = np.zeros(shape, dtype=bool)
     mask[window.y0 : window.y1, window.x0 : window.x1] = _to_full_resolution(crop, foreground, window)
     return _enforce_seeds(mask, seeds), score
+
+
+def _near(region: np.ndarray | None, frame: Box) -> np.ndarray | np.bool_:
+    """Where the object may be, given the positive flood fill ``region`` (``(H, W)`` bool).
+
+    When the fill covers a good part of the frame (:data:`FILL_TRUST`), it has found the object's
+    colour: only pixels within a band around it stay probable foreground, so GrabCut's foreground
+    model is not taught the background that fills the rest of a loose frame (on flat, noisy
+    backgrounds such as JPEG-compressed ones, it would otherwise keep the whole frame). A fill
+    that found only a speck (texture) says little, and the whole frame stays probable foreground.
+    """
+    if region is None:
+        return np.True_
+    x0, y0, x1, y1 = frame
+    if np.count_nonzero(region[y0:y1, x0:x1]) < FILL_TRUST * (x1 - x0) * (y1 - y0):
+        return np.True_
+    band = max(2, round(NEAR_BAND * max(x1 - x0, y1 - y0)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    return cv2.dilate(region.astype(np.uint8), kernel) > 0
 
 
 def _box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:
