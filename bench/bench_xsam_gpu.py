@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from xsam_backend.engines.xsam_engine import XSamEngine
 from xsam_backend.prompt import Prompt, Task, VisualRegion
 from xsam_backend.xsam import processing_post as post
-from xsam_backend.xsam.checkpoint import _materialise_buffers, build_meta_model
+from xsam_backend.xsam.checkpoint import build_meta_model, materialise_buffers
 from xsam_backend.xsam.config import XSamConfig
 from xsam_backend.xsam.modeling import XSamModel
 from xsam_backend.xsam.pipeline import XSamPipeline, XSamRequest, preprocess_configs
@@ -93,7 +93,7 @@ def random_model(config: XSamConfig, device: torch.device, dtype: torch.dtype, s
         for buffer in model.buffers():
             if buffer.is_floating_point():
                 buffer.zero_()
-    _materialise_buffers(model, device)
+    materialise_buffers(model, device)
     return model.eval()
 
 
@@ -179,8 +179,8 @@ def run_bench(setup: BenchSetup) -> list[tuple[str, str]]:
         ms("cached prompt: suffix + decoder + post-processing", t)
         width = model.bg_embeds.weight.shape[1]
         conds, seg = torch.randn(2, width, device=device), torch.randn(width, device=device)
-        t, decoded = timed(lambda: model.decode(state.features, seg, conds), repeats, device)
-        ms("  Mask2Former decoder alone", t)
+        t, decoded = timed(lambda: model.decode(state.decoder, seg, conds), repeats, device)
+        ms("  Mask2Former decoder alone (on the cached image state)", t)
         logits, masks = decoded.class_logits[0].float(), decoded.mask_logits[0].float()
         vp = torch.zeros(config.sam_image_size, config.sam_image_size, dtype=torch.uint8)
         vp[100:200, 100:200] = 1

@@ -218,3 +218,26 @@ def test_referring_with_several_expressions_reads_each_seg(engine: XSamEngine, i
     assert out.has_masks and len(passes) == 2
     assert [p.category_id for p in passes] == [0, 1] and passes[0] is out.results["refseg"]
     assert all(p.mask.shape == (150, 100) for p in passes)
+
+
+def test_a_cached_click_reuses_the_decoder_state_of_the_image(model_dir: Path, image: np.ndarray) -> None:
+    engine = XSamEngine.from_dir(model_dir, Settings(device="cpu"))
+    engine.predict(image, click((50.0, 60.0)))
+    key = (image_digest(image), engine.model_version)
+    state = engine.cache.get(key)
+    assert state is not None
+    decoder = state.decoder
+    keys = [k.clone() for k in decoder.keys]
+    engine.predict(image, click((50.0, 60.0), (55.0, 70.0)))
+    again = engine.cache.get(key)
+    assert again is state and again.decoder is decoder
+    assert all(torch.equal(k, before) for k, before in zip(decoder.keys, keys))
+    assert decoder.nbytes() > 0
+    assert state.nbytes() == state.features.nbytes() + decoder.nbytes() + sum(
+        p.nbytes() for p in state.prefixes.values()
+    )
+    # the state is the one a fresh pass would build from these features
+    with torch.no_grad():
+        fresh = engine.pipeline.model.prepare_decoder(state.features)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.keys, decoder.keys))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.values, decoder.values))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,8 +16,11 @@ from xsam_backend.xsam.checkpoint import load_model
 from xsam_backend.xsam.config import XSamConfig
 from xsam_backend.xsam.modeling import (
     ChannelsFirstLayerNorm,
+    DecoderOutput,
+    ImageFeatures,
     PixelDecoderOutput,
     XSamModel,
+    XSegmentor,
     index_mean,
     pixel_shuffle,
     sample_region_embeddings,
@@ -152,3 +156,153 @@ def test_embed_ids_splices_image_and_regions(tiny_model: XSamModel) -> None:
         tiny_model.embed_ids(input_ids, image_tokens, regions[:1])
     with pytest.raises(ValueError, match="no image tokens"):
         tiny_model.embed_ids(input_ids, None, regions)
+
+
+def _stock_decode(
+    model: XSamModel | XSegmentor, pixels: PixelDecoderOutput, seg_embeds: torch.Tensor
+) -> DecoderOutput:
+    """The decoder as the stock ``Mask2FormerTransformerModule.forward`` runs it, plus ``<SEG>``."""
+    tm = (model.segmentor if isinstance(model, XSamModel) else model).decoder
+    multi_scale, positions, sizes = [], [], []
+    for i, feature in enumerate(pixels.multi_scale):
+        sizes.append(feature.shape[-2:])
+        pos = tm.position_embedder(feature.shape, feature.device, feature.dtype, None).flatten(2)
+        positions.append(pos.permute(2, 0, 1))
+        proj = tm.input_projections[i](feature).flatten(2) + tm.level_embed.weight[i][None, :, None]
+        multi_scale.append(proj.permute(2, 0, 1))
+    batch = multi_scale[0].shape[1]
+    query_position = tm.queries_embedder.weight.unsqueeze(1).repeat(1, batch, 1)
+    query_features = tm.queries_features.weight.unsqueeze(1).repeat(1, batch, 1) + seg_embeds.transpose(0, 1)
+    out = tm.decoder(
+        inputs_embeds=query_features,
+        multi_stage_positional_embeddings=positions,
+        pixel_embeddings=pixels.mask_features,
+        encoder_hidden_states=multi_scale,
+        query_position_embeddings=query_position,
+        feature_size_list=sizes,
+        return_dict=True,
+    )
+    states = out.intermediate_hidden_states[-1].transpose(0, 1)
+    return DecoderOutput(states.new_zeros(0), out.masks_queries_logits[-1], states)
+
+
+def _random_pixels(
+    model: XSamModel | XSegmentor, batch: int, seed: int, side: int = 128
+) -> PixelDecoderOutput:
+    """Random pixel decoder output: mask features at ``side``, the levels at side/4, /2, /1."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = (model.segmentor if isinstance(model, XSamModel) else model).decoder.queries_features.weight.shape[
+        1
+    ]
+    multi_scale = [torch.randn(batch, dim, side // s, side // s, generator=gen) for s in (4, 2, 1)]
+    return PixelDecoderOutput(torch.randn(batch, dim, side, side, generator=gen), multi_scale)
+
+
+@needs_bundle
+@pytest.mark.parametrize("batch", [1, 2])
+def test_prepared_decoder_state_decodes_bitwise_as_the_stock_decoder(
+    tiny_model: XSamModel, batch: int
+) -> None:
+    dim = tiny_model.segmentor.decoder.queries_features.weight.shape[1]
+    pixels = _random_pixels(tiny_model, batch, seed=batch)
+    seg = torch.randn(batch, 1, dim, generator=torch.Generator().manual_seed(7)) * 3
+    conds = torch.randn(batch, 3, dim)
+    with torch.no_grad():
+        want = _stock_decode(tiny_model, pixels, seg)
+        state = tiny_model.segmentor.prepare_decoder(pixels)
+        got = tiny_model.segmentor.decode_queries(state, seg, conds)
+        again = tiny_model.segmentor.decode_queries(state, seg, conds)
+        direct = tiny_model.segmentor.decode_queries(pixels, seg, conds)
+    assert torch.equal(got.mask_logits, want.mask_logits)
+    assert torch.equal(got.query_states, want.query_states)
+    assert torch.equal(again.mask_logits, got.mask_logits)  # the state is read, never written
+    assert torch.equal(direct.class_logits, got.class_logits)
+    assert torch.equal(got.class_logits, tiny_model.segmentor.classify(want.query_states, conds))
+
+
+@needs_bundle
+def test_decoder_state_holds_one_key_and_value_per_layer_at_its_level(tiny_model: XSamModel) -> None:
+    pixels = _random_pixels(tiny_model, 1, seed=3)
+    with torch.no_grad():
+        state = tiny_model.prepare_decoder(ImageFeatures(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), pixels))
+    layers = tiny_model.segmentor.decoder.decoder.layers
+    heads = tiny_model.segmentor.decoder.decoder.layers[0].cross_attn.num_heads
+    dim = pixels.mask_features.shape[1]
+    assert state.sizes == [tuple(f.shape[-2:]) for f in pixels.multi_scale]
+    assert len(state.keys) == len(state.values) == len(layers)
+    for idx, (k, v) in enumerate(zip(state.keys, state.values)):
+        h, w = state.sizes[idx % 3]
+        assert k.shape == v.shape == (heads, h * w, dim // heads)
+    elements = sum(2 * h * w * dim for h, w in (state.sizes[i % 3] for i in range(len(layers))))
+    assert state.nbytes() == elements * 4
+
+
+@needs_bundle
+def test_a_query_masked_everywhere_attends_everywhere(tiny_model: XSamModel) -> None:
+    """The stock rule: a query whose predicted mask is empty at a level is not masked at all."""
+    pixels = _random_pixels(tiny_model, 1, seed=5)
+    dim = pixels.mask_features.shape[1]
+    seg = torch.randn(1, 1, dim)
+    tm = tiny_model.segmentor.decoder
+    with torch.no_grad():
+        normed = tm.decoder.layernorm(tm.queries_features.weight + seg[0])
+        first_logits = tm.decoder.mask_predictor.mask_embedder(normed).sum(-1)  # (Q,) per unit feature
+        # Constant pixel embeddings give every query a constant first mask; the sign is chosen so
+        # that the first query's logit is negative: it is masked at every position.
+        sign = -1.0 if first_logits[0] > 0 else 1.0
+        pixels.mask_features = torch.full_like(pixels.mask_features, sign)
+        want = _stock_decode(tiny_model, pixels, seg)
+        got = tiny_model.segmentor.decode_queries(pixels, seg, torch.randn(1, 2, dim))
+    assert sign * first_logits[0] < 0
+    assert torch.isfinite(got.query_states).all()
+    assert torch.equal(got.mask_logits, want.mask_logits)
+    assert torch.equal(got.query_states, want.query_states)
+
+
+@needs_bundle
+def test_decoder_trains_through_the_prepared_state_like_the_stock_decoder(tiny_model: XSamModel) -> None:
+    """Fine-tuning backpropagates through the keys and values into the decoder and the pixels."""
+    dim = tiny_model.segmentor.decoder.queries_features.weight.shape[1]
+    seg = torch.randn(1, 1, dim)
+    grads = []
+    for decode in (
+        lambda p: tiny_model.segmentor.decode_queries(p, seg, torch.randn(1, 2, dim)),
+        lambda p: _stock_decode(tiny_model, p, seg),
+    ):
+        pixels = _random_pixels(tiny_model, 1, seed=11)
+        for t in (pixels.mask_features, *pixels.multi_scale):
+            t.requires_grad_(True)
+        tiny_model.segmentor.decoder.zero_grad()
+        decode(pixels).mask_logits.square().mean().backward()
+        cross = tiny_model.segmentor.decoder.decoder.layers[-1].cross_attn
+        assert cross.in_proj_weight.grad is not None and pixels.multi_scale[0].grad is not None
+        grads.append((cross.in_proj_weight.grad.clone(), pixels.multi_scale[0].grad.clone()))
+    tiny_model.segmentor.decoder.zero_grad()
+    for ours, stock in zip(*grads):
+        assert ours.abs().sum() > 0
+        torch.testing.assert_close(ours, stock, atol=1e-6, rtol=1e-5)
+
+
+@needs_bundle
+def test_release_width_decoder_is_bitwise_the_stock_decoder() -> None:
+    """The release's decoder shape (256 wide, 8 heads, 200 queries, 9 layers) on small maps."""
+    data = json.loads((PARITY_DIR / "model" / "config.json").read_text())
+    data["mask2former_config"].update(
+        feature_size=256,
+        mask_feature_size=256,
+        hidden_dim=256,
+        num_attention_heads=8,
+        num_queries=200,
+        decoder_layers=10,
+        dim_feedforward=2048,
+    )
+    torch.manual_seed(0)
+    segmentor = XSegmentor(XSamConfig.from_dict(data)).eval()
+    pixels = _random_pixels(segmentor, 1, seed=2, side=32)
+    seg = torch.randn(1, 1, 256)
+    with torch.no_grad():
+        want = _stock_decode(segmentor, pixels, seg)
+        got = segmentor.decode_queries(pixels, seg, torch.randn(1, 4, 256))
+    assert got.mask_logits.shape == (1, 200, 32, 32)
+    assert torch.equal(got.mask_logits, want.mask_logits)
+    assert torch.equal(got.query_states, want.query_states)

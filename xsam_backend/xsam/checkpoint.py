@@ -134,7 +134,7 @@ def load_model(
     expected = {k: v.shape for k, v in model.state_dict().items()}
     check_keys(expected, state)
     model.load_state_dict(state, strict=True, assign=True)
-    _materialise_buffers(model, torch.device(device))
+    materialise_buffers(model, torch.device(device))
     model.to(device=device, dtype=dtype)
     model.segmentor.pixel_decoder.float()
     model.segmentor.decoder.float()
@@ -142,7 +142,7 @@ def load_model(
     return model.eval()
 
 
-def _materialise_buffers(model: XSamModel, device: torch.device) -> None:
+def materialise_buffers(model: XSamModel, device: torch.device) -> None:
     """Re-create the non-persistent buffers left on the meta device (not in any checkpoint)."""
     model.llm.model.rotary_emb = Phi3RotaryEmbedding(config=model.llm.config, device=device)
     embeddings = model.visual_encoder.vision_model.embeddings

@@ -19,6 +19,12 @@ Frames: the SAM branch, the sampler's points and all mask logits live in the **p
 (the resized image in the top-left ``scaled_size`` corner of an ``S × S`` square, ``S`` = 1024);
 cropping and resizing back to the original image is post-processing (``processing``).
 
+Reuse: the decoder's level projections, position embeddings and the cross-attention keys and
+values of all its layers depend on the image alone; :meth:`XSegmentor.prepare_decoder` computes
+them once per image (:class:`DecoderImageState`) and every prompt then runs only the query side.
+The result is bitwise that of the stock ``Mask2FormerTransformerModule`` (same operations, same
+order, same memory layouts).
+
 Precision: everything runs in the module dtype (fp32 on CPU, bf16 on CUDA) except where the
 official code upcasts to fp32: the channels-first LayerNorm statistics, the sampler's
 ``grid_sample`` and the deformable attention; for the last, the engine keeps the pixel decoder in
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +43,7 @@ from torch import nn
 from transformers import Phi3ForCausalLM, SiglipVisionModel
 from transformers.cache_utils import Cache
 from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerPixelDecoder,
     Mask2FormerTransformerModule,
 )
@@ -211,6 +219,30 @@ class PixelDecoderOutput:
 
 
 @dataclass
+class DecoderImageState:
+    """What the masked-attention decoder computes from the image alone, once per image.
+
+    ``mask_features``: ``(B, D, S/8, S/8)``, the pixel embeddings the mask head projects on.
+    ``sizes``: ``(h, w)`` of each level, low resolution first (strides 32, 16, 8).
+    ``keys`` / ``values``: per decoder layer ``(B·heads, h·w, D/heads)``: the cross-attention key
+    ``W_k·(feature + position) + b_k`` and value ``W_v·feature + b_v`` of that layer's level, where
+    ``feature`` is the level's input projection plus its level embedding and ``position`` its sine
+    embedding. Views with the memory layout ``nn.MultiheadAttention`` gives them, so that the
+    attention products are bitwise those of the stock layer. They depend on the decoder weights:
+    a state is only valid for the weights it was built with.
+    """
+
+    mask_features: torch.Tensor
+    sizes: list[tuple[int, int]]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values (``mask_features`` belongs to the pixel decoder output)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
 class DecoderOutput:
     """One decoder pass. ``class_logits``: ``(B, Q, C + 1)``, last column background.
     ``mask_logits``: ``(B, Q, S/8, S/8)``, last layer only, padded SAM frame at stride 8.
@@ -219,6 +251,74 @@ class DecoderOutput:
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
     query_states: torch.Tensor
+
+
+def _cross_attention(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    blocked: torch.Tensor,
+) -> torch.Tensor:
+    """``nn.MultiheadAttention`` (sequence first, ``need_weights`` path) on projected keys/values.
+
+    ``query``: ``(Q, B, D)`` with its position embedding added; ``key``/``value``:
+    ``(B·heads, N, D/heads)`` from :class:`DecoderImageState`; ``blocked``: ``(B, Q, N)`` bool,
+    the positions each query may not attend (the same for every head). Returns ``(Q, B, D)``.
+
+    The stock layer turns the mask into a float ``(B·heads, Q, N)`` tensor of 0 and −inf and adds
+    it in ``baddbmm``; adding 0 leaves a score unchanged and adding −inf makes it −inf, so filling
+    −inf into the plain product is bitwise the same, without the per-head float mask. The averaged
+    attention weights, which nobody reads, are not computed.
+    """
+    tgt_len, batch, embed_dim = query.shape
+    heads = attn.num_heads
+    w_q = attn.in_proj_weight[:embed_dim]
+    b_q = attn.in_proj_bias[:embed_dim] if attn.in_proj_bias is not None else None
+    q = F.linear(query, w_q, b_q).view(tgt_len, batch * heads, embed_dim // heads).transpose(0, 1)
+    q_scaled = q * math.sqrt(1.0 / float(q.shape[-1]))
+    scores = torch.bmm(q_scaled, key.transpose(-2, -1))  # (B·heads, Q, N)
+    scores.view(batch, heads, tgt_len, -1).masked_fill_(blocked.unsqueeze(1), float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if attn.training and attn.dropout > 0.0:
+        weights = F.dropout(weights, p=attn.dropout)
+    out = torch.bmm(weights, value).transpose(0, 1).reshape(tgt_len * batch, embed_dim)
+    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    return out.view(tgt_len, batch, embed_dim)
+
+
+def _decoder_layer(
+    layer: Mask2FormerMaskedAttentionDecoderLayer,
+    hidden: torch.Tensor,
+    query_position: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    blocked: torch.Tensor,
+) -> torch.Tensor:
+    """``Mask2FormerMaskedAttentionDecoderLayer.forward_post`` on cached keys/values.
+
+    ``hidden``/``query_position``: ``(Q, B, D)``; ``key``/``value``/``blocked`` as
+    :func:`_cross_attention`. Returns the new query states ``(Q, B, D)``.
+    """
+    p = layer.dropout if layer.training else 0.0
+    query = hidden + query_position
+    attended = _cross_attention(layer.cross_attn, query, key, value, blocked)
+    hidden = layer.cross_attn_layer_norm(hidden + F.dropout(attended, p=p, training=layer.training))
+    attended, _ = layer.self_attn(hidden_states=hidden, position_embeddings=query_position)
+    hidden = layer.self_attn_layer_norm(hidden + F.dropout(attended, p=p, training=layer.training))
+    ffn = F.dropout(layer.activation_fn(layer.fc1(hidden)), p=p, training=layer.training)
+    ffn = F.dropout(layer.fc2(ffn), p=p, training=layer.training)
+    return layer.final_layer_norm(hidden + ffn)
+
+
+def _unblock_empty_rows(blocked: torch.Tensor) -> torch.Tensor:
+    """``blocked`` ``(B, Q, N)`` bool with the stock decoder's rule applied: a query blocked at
+    every position attends everywhere."""
+    return blocked & (blocked.sum(-1) != blocked.shape[-1]).unsqueeze(-1)
+
+
+def _decoder_layers(module: Mask2FormerTransformerModule) -> list[Mask2FormerMaskedAttentionDecoderLayer]:
+    return cast(list[Mask2FormerMaskedAttentionDecoderLayer], list(module.decoder.layers))
 
 
 class XSegmentor(nn.Module):
@@ -256,41 +356,96 @@ class XSegmentor(nn.Module):
         out = self.pixel_decoder(features, output_hidden_states=False, return_dict=True)
         return PixelDecoderOutput(out.mask_features, list(out.multi_scale_features))
 
+    def prepare_decoder(self, pixels: PixelDecoderOutput) -> DecoderImageState:
+        """The decoder's image-only work: level projections, position embeddings and every layer's
+        cross-attention keys and values (see :class:`DecoderImageState`). Differentiable."""
+        tm = self.decoder
+        levels = []
+        for i, feature in enumerate(pixels.multi_scale[: tm.num_feature_levels]):
+            pos = tm.position_embedder(feature.shape, feature.device, feature.dtype, None).flatten(2)
+            proj = tm.input_projections[i](feature).flatten(2) + tm.level_embed.weight[i][None, :, None]
+            # (B, D, h·w) → (h·w, B, D), the sequence-first layout of the stock decoder
+            levels.append((proj.permute(2, 0, 1), pos.permute(2, 0, 1)))
+        keyed = [proj + pos for proj, pos in levels]
+        keys, values = [], []
+        for idx, layer in enumerate(_decoder_layers(tm)):
+            level = idx % tm.decoder.num_feature_levels
+            attn = layer.cross_attn
+            _, w_k, w_v = attn.in_proj_weight.chunk(3)
+            _, b_k, b_v = attn.in_proj_bias.chunk(3)
+            n, batch, dim = keyed[level].shape
+            head_shape = (n, batch * attn.num_heads, dim // attn.num_heads)
+            keys.append(F.linear(keyed[level], w_k, b_k).view(head_shape).transpose(0, 1))
+            values.append(F.linear(levels[level][0], w_v, b_v).view(head_shape).transpose(0, 1))
+        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in pixels.multi_scale[: tm.num_feature_levels]]
+        return DecoderImageState(pixels.mask_features, sizes, keys, values)
+
     def decode_queries(
-        self, pixels: PixelDecoderOutput, seg_embeds: torch.Tensor, cond_embeds: torch.Tensor
+        self,
+        pixels: PixelDecoderOutput | DecoderImageState,
+        seg_embeds: torch.Tensor,
+        cond_embeds: torch.Tensor,
     ) -> DecoderOutput:
         """The masked-attention decoder with ``<SEG>`` added to every learnable query feature.
 
-        ``seg_embeds``: ``(B, 1, D)``; ``cond_embeds``: ``(B, C + 1, D)`` (background last).
-        Stock ``Mask2FormerTransformerModule.forward`` with one line added: the ``<SEG>`` term.
+        ``pixels``: the pixel decoder output, or the :meth:`prepare_decoder` state of it (what a
+        cached image passes: then no image-only work is repeated). ``seg_embeds``: ``(B, 1, D)``;
+        ``cond_embeds``: ``(B, C + 1, D)`` (background last). Computes what the stock
+        ``Mask2FormerTransformerModule.forward`` does plus the ``<SEG>`` term, bitwise, with the
+        per-layer attention mask kept once per query instead of once per head, and without the
+        attention mask of the last mask prediction (no layer reads it).
         """
+        state = pixels if isinstance(pixels, DecoderImageState) else self.prepare_decoder(pixels)
         tm = self.decoder
-        multi_scale, positions, sizes = [], [], []
-        for i, feature in enumerate(pixels.multi_scale[: tm.num_feature_levels]):
-            sizes.append(feature.shape[-2:])
-            pos = tm.position_embedder(feature.shape, feature.device, feature.dtype, None).flatten(2)
-            positions.append(pos.permute(2, 0, 1))
-            proj = tm.input_projections[i](feature).flatten(2) + tm.level_embed.weight[i][None, :, None]
-            multi_scale.append(proj.permute(2, 0, 1))
-        batch = multi_scale[0].shape[1]
+        dec = tm.decoder
+        batch = state.mask_features.shape[0]
         query_position = tm.queries_embedder.weight.unsqueeze(1).repeat(1, batch, 1)
-        query_features = tm.queries_features.weight.unsqueeze(1).repeat(1, batch, 1)
-        query_features = query_features + seg_embeds.transpose(0, 1).to(query_features.dtype)
-        out = tm.decoder(
-            inputs_embeds=query_features,
-            multi_stage_positional_embeddings=positions,
-            pixel_embeddings=pixels.mask_features,
-            encoder_hidden_states=multi_scale,
-            query_position_embeddings=query_position,
-            feature_size_list=sizes,
-            return_dict=True,
-        )
-        query_states = out.intermediate_hidden_states[-1].transpose(0, 1)
+        hidden = tm.queries_features.weight.unsqueeze(1).repeat(1, batch, 1)
+        hidden = hidden + seg_embeds.transpose(0, 1).to(hidden.dtype)
+        normed = dec.layernorm(hidden)
+        mask_logits, blocked = self._predict_masks(normed, state.mask_features, state.sizes[0])
+        layers = _decoder_layers(tm)
+        last = len(layers) - 1
+        for idx, layer in enumerate(layers):
+            if self.training and dec.layerdrop > 0 and torch.rand([]) < dec.layerdrop:
+                continue
+            assert blocked is not None
+            hidden = _decoder_layer(
+                layer,
+                hidden,
+                query_position,
+                state.keys[idx],
+                state.values[idx],
+                _unblock_empty_rows(blocked),
+            )
+            normed = dec.layernorm(hidden)
+            target = None if idx == last else state.sizes[(idx + 1) % dec.num_feature_levels]
+            mask_logits, blocked = self._predict_masks(normed, state.mask_features, target)
+        query_states = normed.transpose(0, 1)
         return DecoderOutput(
             class_logits=self.classify(query_states, cond_embeds),
-            mask_logits=out.masks_queries_logits[-1],
+            mask_logits=mask_logits,
             query_states=query_states,
         )
+
+    def _predict_masks(
+        self, normed: torch.Tensor, mask_features: torch.Tensor, target: tuple[int, int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``Mask2FormerMaskPredictor`` without the per-head copies of its attention mask.
+
+        ``normed``: ``(Q, B, D)`` LayerNorm-ed query states; ``mask_features``: ``(B, D, h, w)``.
+        Returns the mask logits ``(B, Q, h, w)`` and, for a ``target`` level size, where the
+        queries may not attend: ``(B, Q, h'·w')`` bool, ``sigmoid(resized logits) < 0.5``.
+        """
+        embedded = self.decoder.decoder.mask_predictor.mask_embedder(normed.transpose(0, 1))
+        logits = torch.einsum("bqc, bchw -> bqhw", embedded, mask_features)
+        if target is None:
+            return logits, None
+        if tuple(logits.shape[-2:]) == target:
+            resized = logits  # what a same-size bilinear resize returns: a copy
+        else:
+            resized = F.interpolate(logits, size=target, mode="bilinear", align_corners=False)
+        return logits, (resized.sigmoid().flatten(2) < 0.5).detach()
 
     def classify(self, query_states: torch.Tensor, cond_embeds: torch.Tensor) -> torch.Tensor:
         """Open-vocabulary logits ``clamp(exp(logit_scale)·cos(q, c), ±500)``: ``(B, Q, C + 1)``."""
@@ -440,13 +595,24 @@ class XSamModel(nn.Module):
         bg = self.bg_embeds.weight.to(cond_embeds.dtype)
         return torch.cat([cond_embeds, bg], dim=0).unsqueeze(0)
 
+    def prepare_decoder(self, features: ImageFeatures) -> DecoderImageState:
+        """The decoder's image-only state (cross-attention keys and values of every layer):
+        computed once per image, valid while the decoder weights are unchanged."""
+        return self.segmentor.prepare_decoder(features.pixels)
+
     def decode(
-        self, features: ImageFeatures, seg_embed: torch.Tensor, cond_embeds: torch.Tensor
+        self,
+        image: ImageFeatures | DecoderImageState,
+        seg_embed: torch.Tensor,
+        cond_embeds: torch.Tensor,
     ) -> DecoderOutput:
-        """One decoder pass: ``seg_embed`` ``(D,)``, ``cond_embeds`` ``(C + 1, D)`` incl. background."""
-        dtype = features.pixels.mask_features.dtype
+        """One decoder pass: ``seg_embed`` ``(D,)``, ``cond_embeds`` ``(C + 1, D)`` incl. background.
+
+        ``image``: the image features, or their :meth:`prepare_decoder` state (a cached click)."""
+        pixels = image.pixels if isinstance(image, ImageFeatures) else image
+        dtype = pixels.mask_features.dtype
         return self.segmentor.decode_queries(
-            features.pixels, seg_embed.reshape(1, 1, -1).to(dtype), cond_embeds.unsqueeze(0).to(dtype)
+            pixels, seg_embed.reshape(1, 1, -1).to(dtype), cond_embeds.unsqueeze(0).to(dtype)
         )
 
 

@@ -3,7 +3,9 @@
 Two steps, so that the expensive one can be cached per image:
 
 1. :meth:`XSamPipeline.prepare_image`: pre-processing, both encoders, projectors, connector,
-   pixel decoder (:class:`~xsam_backend.xsam.modeling.ImageFeatures`); then, lazily per prompt
+   pixel decoder (:class:`~xsam_backend.xsam.modeling.ImageFeatures`), the decoder's image-only
+   state (every layer's cross-attention keys and values,
+   :class:`~xsam_backend.xsam.modeling.DecoderImageState`); then, lazily per prompt
    prefix, the Phi-3 key/value cache of ``[BOS] <|user|> <image>``, identical for every prompt of
    the image. Held in an :class:`ImageState`.
 2. :meth:`XSamPipeline.run`: prompt building, the LLM over the prompt *suffix* only (the prefix
@@ -39,6 +41,7 @@ from xsam_backend.xsam import processing_post as post
 from xsam_backend.xsam.checkpoint import load_model
 from xsam_backend.xsam.config import XSamConfig
 from xsam_backend.xsam.modeling import (
+    DecoderImageState,
     DecoderOutput,
     ImageFeatures,
     XSamModel,
@@ -164,20 +167,25 @@ class _Prefix:
 
 @dataclass
 class ImageState:
-    """Everything X-SAM keeps per image: inputs, encoder features and prompt-prefix caches.
+    """Everything X-SAM keeps per image: inputs, encoder features, the decoder's image-only
+    state and prompt-prefix caches.
 
     ``image_size``/``scaled_size``: ``(H, W)`` of the original image and of the resized image
-    inside the padded SAM frame. ``prefixes``: LLM caches keyed by the prefix ids.
+    inside the padded SAM frame. ``decoder``: the cross-attention keys and values of every decoder
+    layer (132 MB in fp32 for the release model), valid for the decoder weights it was built with.
+    ``prefixes``: LLM caches keyed by the prefix ids.
     """
 
     image_size: tuple[int, int]
     scaled_size: tuple[int, int]
     features: ImageFeatures
+    decoder: DecoderImageState
     prefixes: dict[tuple[int, ...], _Prefix] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        """Bytes of tensors held (features and every prefix cache)."""
-        return self.features.nbytes() + sum(p.nbytes() for p in self.prefixes.values())
+        """Bytes of tensors held (features, decoder state and every prefix cache)."""
+        prefixes = sum(p.nbytes() for p in self.prefixes.values())
+        return self.features.nbytes() + self.decoder.nbytes() + prefixes
 
 
 class XSamPipeline:
@@ -255,6 +263,7 @@ class XSamPipeline:
             image_size=(int(image.shape[0]), int(image.shape[1])),
             scaled_size=(int(pre.scaled_size[0]), int(pre.scaled_size[1])),
             features=features,
+            decoder=self.model.prepare_decoder(features),
         )
 
     def _prefix(self, state: ImageState, prefix_ids: tuple[int, ...]) -> tuple[_Prefix, bool]:
@@ -420,7 +429,7 @@ class XSamPipeline:
             trace["embed_masks"] = torch.ones(1, cond_embeds.shape[0])
         if segs.shape[0] != 1 and request.task not in _ONE_SEG_PER_PASS:
             return out
-        decoded = model.decode(state.features, segs[0], cond_embeds)
+        decoded = model.decode(state.decoder, segs[0], cond_embeds)
         if trace is not None:
             trace["decoder.masks_queries_logits_lowres"] = decoded.mask_logits
             trace["decoder.last_query_states"] = decoded.query_states
@@ -444,7 +453,7 @@ class XSamPipeline:
         th = request.thresholds or self.thresholds
         passes = [out.results["refseg"]]
         for k in range(1, segs.shape[0] if num_phrases == 1 else min(segs.shape[0], num_phrases)):
-            decoded = self.model.decode(state.features, segs[k], cond_embeds)
+            decoded = self.model.decode(state.decoder, segs[k], cond_embeds)
             passes.append(
                 post.refseg_postprocess(
                     decoded.class_logits[0].float(),
