@@ -52,7 +52,7 @@ class NoOpEngine:
     def supports(self, task: Task) -> bool:
         return True
 
-    def predict(self, image: np.ndarray, prompt: Prompt) -> EngineResult:
+    def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
         return EngineResult((Segment(self._mask, prompt.label, 0.9),), self.model_version, self.name)
 
 

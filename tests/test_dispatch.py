@@ -177,7 +177,7 @@ def test_inline_turns_an_engine_crash_into_that_jobs_error(settings: Settings) -
         def supports(self, task: Task) -> bool:
             return self.inner.supports(task)
 
-        def predict(self, image: np.ndarray, prompt: Prompt) -> EngineResult:
+        def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
             if prompt.label == "boom":
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
             return self.inner.predict(image, prompt)
@@ -228,7 +228,7 @@ def test_inline_lets_a_click_go_before_waiting_batch_jobs(settings: Settings) ->
         def supports(self, task: Task) -> bool:
             return self.inner.supports(task)
 
-        def predict(self, image: np.ndarray, prompt: Prompt) -> EngineResult:
+        def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
             order.append(str(prompt.label))
             if prompt.label == "first":
                 busy.set()
@@ -317,3 +317,24 @@ def test_empty_request_needs_no_broker(settings: Settings) -> None:
         assert dispatcher.predict([], "prelabel") == []
     finally:
         dispatcher.close()
+
+
+def test_the_job_names_its_project_to_the_engine(settings: Settings) -> None:
+    seen: list[str | None] = []
+
+    class Recording:
+        def __init__(self) -> None:
+            self.inner = build_engine(settings)
+            self.name, self.model_version = self.inner.name, self.inner.model_version
+
+        def supports(self, task: Task) -> bool:
+            return self.inner.supports(task)
+
+        def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
+            seen.append(project)
+            return self.inner.predict(image, prompt, project=project)
+
+    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Recording())
+    (outcome,) = dispatcher.predict([PredictJob(**{**job().__dict__, "project": "7"})], "interactive")
+    assert outcome.error is None
+    assert seen == ["7"]

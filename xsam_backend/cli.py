@@ -1,4 +1,5 @@
-"""``python -m xsam_backend serve|worker|convert-weights|check|export``: the command-line entry points.
+"""``python -m xsam_backend serve|worker|convert-weights|check|export|train|versions|rollback``: the
+command-line entry points.
 
 Each sub-command reads :class:`Settings` once from the environment and imports what it needs
 lazily, so ``serve`` never imports torch.
@@ -100,6 +101,61 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from xsam_backend.errors import BackendError
+    from xsam_backend.training.job import run_training_job
+
+    try:
+        result = run_training_job(settings, args.project, "command line")
+    except BackendError as exc:
+        print(f"training failed: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"project {result.project}: {result.status}: {result.message}")
+    return 0 if result.status in ("promoted", "rejected", "no_data") else 3
+
+
+def _versions(args: argparse.Namespace, settings: Settings) -> int:
+    from xsam_backend.errors import BadRequest
+    from xsam_backend.training.versions import ProjectVersions
+
+    try:
+        versions = ProjectVersions(settings.projects_dir, args.project)
+    except BadRequest as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    serving = versions.serving_name()
+    print(f"project {versions.project}: serving {serving or 'base model'}")
+    for version in versions.list():
+        metrics = version.meta.get("metrics", {}).get("candidate", {})
+        marker = "*" if version.name == serving else " "
+        print(
+            f"{marker} {version.name}  {version.meta.get('created_at', '?')}  "
+            f"{'promoted' if version.meta.get('promoted') else 'not promoted'}  "
+            f"mIoU {metrics.get('miou', float('nan')):.4f}  AP {metrics.get('ap', float('nan')):.4f}  "
+            f"{version.model_version}"
+        )
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from xsam_backend.errors import BadRequest
+    from xsam_backend.training.versions import ProjectVersions
+
+    try:
+        versions = ProjectVersions(settings.projects_dir, args.project)
+        target = None if args.version == "base" else args.version
+        if target is None and args.version is None:
+            current = versions.serving_name() or ""
+            older = [v.name for v in versions.list() if v.meta.get("promoted") and v.name < current]
+            target = older[-1] if older else None
+        versions.set_serving(target)
+    except BadRequest as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    print(f"project {versions.project}: now serving {target or 'the base model'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m xsam_backend``."""
     parser = argparse.ArgumentParser(prog="python -m xsam_backend", description=__doc__)
@@ -157,6 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--copy-images", action="store_true", help="write the images (EXIF applied) as PNG")
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
     export.set_defaults(run=_export)
+
+    train = sub.add_parser(
+        "train", help="fine-tune one project now, in this process (reads Label Studio's API)"
+    )
+    train.add_argument("--project", required=True, help="Label Studio project id")
+    train.set_defaults(run=_train)
+
+    versions = sub.add_parser("versions", help="list a project's trained versions and which one serves")
+    versions.add_argument("--project", required=True, help="Label Studio project id")
+    versions.set_defaults(run=_versions)
+
+    rollback = sub.add_parser("rollback", help="serve an earlier version of a project (workers pick it up)")
+    rollback.add_argument("--project", required=True, help="Label Studio project id")
+    rollback.add_argument(
+        "--version",
+        default=None,
+        help="version to serve (e.g. v0002) or 'base'; default: the promoted version before the serving one",
+    )
+    rollback.set_defaults(run=_rollback)
     return parser
 
 

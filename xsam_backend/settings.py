@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 EngineChoice = Literal["auto", "xsam", "fallback"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+AcceptChoice = Literal["submitted", "ground_truth", "reviewed"]
 
 DEFAULT_MODEL_NAME = "xsam-s3-phi3-mini-siglip2-sam-large"
 
@@ -95,6 +96,15 @@ class Settings:
     polygon_tolerance_px: float = field(default=1.0, metadata={"env": "POLYGON_TOLERANCE_PX"})
     min_region_area_px: int = field(default=16, metadata={"env": "MIN_REGION_AREA_PX"})
 
+    # Training (active learning)
+    train_every_n_annotations: int = field(default=10, metadata={"env": "TRAIN_EVERY_N_ANNOTATIONS"})
+    train_accept: AcceptChoice = field(default="submitted", metadata={"env": "TRAIN_ACCEPT"})
+    train_holdout_fraction: float = field(default=0.2, metadata={"env": "TRAIN_HOLDOUT_FRACTION"})
+    train_steps: int = field(default=300, metadata={"env": "TRAIN_STEPS"})
+    train_learning_rate: float = field(default=1e-4, metadata={"env": "TRAIN_LEARNING_RATE"})
+    train_promote_margin: float = field(default=0.0, metadata={"env": "TRAIN_PROMOTE_MARGIN"})
+    train_seed: int = field(default=0, metadata={"env": "TRAIN_SEED"})
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); unknown variables are ignored.
@@ -115,6 +125,10 @@ class Settings:
             raise SettingsError(f"XSAM_ENGINE must be auto, xsam or fallback; got {values['engine']!r}")
         if values.get("device", "auto") not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"XSAM_DEVICE must be auto, cpu or cuda; got {values['device']!r}")
+        if values.get("train_accept", "submitted") not in ("submitted", "ground_truth", "reviewed"):
+            raise SettingsError(
+                f"TRAIN_ACCEPT must be submitted, ground_truth or reviewed; got {values['train_accept']!r}"
+            )
         if ("basic_auth_user" in values) != ("basic_auth_pass" in values):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if "label_studio_url" in values:
@@ -131,6 +145,11 @@ class Settings:
     @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def projects_dir(self) -> Path:
+        """Per-project trained versions and training state: ``<MODEL_WEIGHTS_ROOT>/projects``."""
+        return self.weights_root / "projects"
 
 
 def _parse(attr: str, name: str, raw: str, default: Any) -> Any:

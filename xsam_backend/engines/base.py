@@ -32,12 +32,13 @@ class Engine(Protocol):
         """Whether :meth:`predict` can answer this task (others raise ``NeedsWeights``)."""
         ...
 
-    def predict(self, image: np.ndarray, prompt: Prompt) -> EngineResult:
-        """Segment ``image`` for ``prompt``.
+    def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
+        """Segment ``image`` for ``prompt``, on behalf of Label Studio project ``project``.
 
         ``image``: ``(H, W, 3)`` ``uint8`` RGB, the original image after EXIF orientation; the
         prompt's pixel coordinates refer to it. Returns segments whose masks are ``(H, W)`` bool.
         Raises ``NeedsWeights`` for tasks the engine cannot do, ``PromptError`` for prompts that
-        do not fit the image.
+        do not fit the image. An engine with per-project trained versions answers with the
+        project's serving version (the result names it); others ignore ``project``.
         """
         ...

@@ -53,7 +53,7 @@ class FallbackEngine:
         """Only :attr:`Task.INTERACTIVE` (points, a box, scribbles)."""
         return task is Task.INTERACTIVE
 
-    def predict(self, image: np.ndarray, prompt: Prompt) -> EngineResult:
+    def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
         """Segment the one object ``prompt`` points at.
 
         ``image``: ``(H, W, 3)`` uint8 RGB, the frame of the prompt's pixel coordinates. Returns one

@@ -27,9 +27,10 @@ segment the mean, over its pixels, of the pixel's class probability (the queries
 distributions weighted by their mask probabilities, see ``processing_post.semantic_segments``).
 
 Caching. Per image (keyed by the pixels' SHA-256 and the model version) the engine keeps the
-encoder outputs, the pixel-decoder maps and the LLM key/value cache of the prompt prefix
+encoder outputs, the pixel-decoder maps, the Mask2Former decoder's image-only state (every
+layer's cross-attention keys and values) and the LLM key/value cache of the prompt prefix
 ``[BOS] <|user|> <image>``; a further prompt on the same image runs only the prompt suffix, the
-decoder and the post-processing. Entries are evicted least-recently-used to stay within
+decoder's query side and the post-processing. Entries are evicted least-recently-used to stay within
 ``Settings.feature_cache_bytes``.
 
 Precision: fp32 on CPU; bf16 on CUDA with the official fp32 upcasts (the Mask2Former decoder
@@ -43,6 +44,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,10 @@ from xsam_backend.masks import decode_compact_rle
 from xsam_backend.prompt import Prompt, Task, VisualRegion
 from xsam_backend.segment import EngineResult, Segment
 from xsam_backend.settings import Settings
+from xsam_backend.training.scores import ScoreCalibration
+from xsam_backend.training.serving import ServingChoice, ServingVersions
+from xsam_backend.training.trainer import apply_delta, trainable_state
+from xsam_backend.training.versions import VersionInfo, load_delta
 from xsam_backend.xsam import processing_post as post
 from xsam_backend.xsam.pipeline import ImageState, XSamOutput, XSamPipeline, XSamRequest
 from xsam_backend.xsam.processing_pre import region_prompt_mask
@@ -122,6 +128,10 @@ class XSamEngine:
         self.cache = ImageCache(cache_bytes)
         self._lock = threading.Lock()
         self.last_output: XSamOutput | None = None
+        # Per-project trained versions (off until serve_project_versions is called).
+        self._projects: ServingVersions | None = None
+        self._base_delta: dict[str, torch.Tensor] | None = None
+        self._active: VersionInfo | None = None
 
     @classmethod
     def from_dir(cls, model_dir: Path, settings: Settings) -> XSamEngine:
@@ -138,7 +148,9 @@ class XSamEngine:
             device,
             str(dtype).removeprefix("torch."),
         )
-        return cls(pipeline, version, cache_bytes=settings.feature_cache_bytes)
+        engine = cls(pipeline, version, cache_bytes=settings.feature_cache_bytes)
+        engine.serve_project_versions(settings.projects_dir)
+        return engine
 
     @property
     def name(self) -> str:
@@ -151,8 +163,12 @@ class XSamEngine:
     def supports(self, task: Task) -> bool:
         return task in _TASKS
 
-    def predict(self, image: np.ndarray, prompt: Prompt) -> EngineResult:
-        """Segment ``image`` ``(H, W, 3)`` uint8 RGB for ``prompt`` (pixel coordinates of it)."""
+    def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
+        """Segment ``image`` ``(H, W, 3)`` uint8 RGB for ``prompt`` (pixel coordinates of it).
+
+        ``project``: the Label Studio project asking; its promoted trained version answers (see
+        :meth:`serve_project_versions`), and the result carries that version's model version.
+        """
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise PromptError(f"expected an (H, W, 3) uint8 RGB image; got {image.dtype} {image.shape}")
         size = (int(image.shape[0]), int(image.shape[1]))
@@ -162,14 +178,45 @@ class XSamEngine:
             )
         request = self._request(prompt, size)
         with self._lock:
-            key = (image_digest(image), self._model_version)
+            choice = self._use_project(project)
+            key = (image_digest(image), choice.model_version)
             state = self.cache.get(key)
             if state is None:
                 state = self.pipeline.prepare_image(image)
             output = self.pipeline.run(state, request)
             self.cache.put(key, state)
             self.last_output = output
-        return self._result(output, prompt, request)
+        result = self._result(output, prompt, request)
+        return result if choice.version is None else _as_project_result(result, choice)
+
+    # ---- per-project trained versions ---------------------------------------------------------
+
+    def serve_project_versions(self, projects_dir: Path) -> None:
+        """Answer a project's predictions with its promoted trained version under ``projects_dir``.
+
+        The trained parameters (the decoder side, see :mod:`xsam_backend.training.trainer`) are
+        copied into the loaded model when a prediction for another version arrives; the base
+        model is never reloaded, and cached image features are kept per version.
+        """
+        self._projects = ServingVersions(projects_dir, self._model_version)
+
+    def _use_project(self, project: str | None) -> ServingChoice:
+        """Make the model hold ``project``'s serving parameters (call under the lock)."""
+        choice = (
+            self._projects.choice(project)
+            if self._projects is not None
+            else ServingChoice(None, self._model_version, ScoreCalibration())
+        )
+        wanted = None if choice.version is None else choice.version.path
+        active = None if self._active is None else self._active.path
+        if wanted != active:
+            model = self.pipeline.model
+            if self._base_delta is None:
+                self._base_delta = trainable_state(model)
+            apply_delta(model, self._base_delta if choice.version is None else load_delta(choice.version))
+            self._active = choice.version
+            log.info("model now holds %s", choice.model_version)
+        return choice
 
     # ---- prompt → request -------------------------------------------------------------------
 
@@ -330,6 +377,14 @@ def _generic_segments(output: XSamOutput, prompt: Prompt) -> list[Segment]:
         for k in sorted(int(v) for v in torch.unique(sem.segmentation)):
             segments.append(Segment(_np(sem.segmentation == k), classes[k], float(sem.scores[k])))
     return segments
+
+
+def _as_project_result(result: EngineResult, choice: ServingChoice) -> EngineResult:
+    """``result`` tagged with the project's model version, scores through its calibration."""
+    segments = tuple(
+        Segment(s.mask, s.label, choice.calibration.apply(s.score), s.phrase) for s in result.segments
+    )
+    return replace(result, segments=segments, model_version=choice.model_version)
 
 
 def _np(mask: torch.Tensor) -> np.ndarray:

@@ -31,6 +31,8 @@ from xsam_backend.server.auth import basic_auth_ok
 from xsam_backend.server.metrics import Metrics
 from xsam_backend.server.openapi import openapi_document
 from xsam_backend.settings import Settings
+from xsam_backend.training.triggers import make_training_trigger
+from xsam_backend.training.versions import ProjectVersions
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +196,28 @@ def create_app(
         if not isinstance(schema, str):
             raise BadRequest(f"expected 'schema' to be the label config XML string; got {_describe(schema)}")
         spec = parse_label_config(schema)
+        project = _project(body)
         log.info(
             "setup project %s: outputs %s, prompts %s",
-            _project(body),
+            project,
             [o.name for o in spec.outputs],
             [p.name for p in spec.prompts],
         )
-        return jsonify({"model_version": description.model_version})
+        return jsonify({"model_version": _serving_version(project)})
+
+    def _serving_version(project: str | None) -> str:
+        """The model version serving ``project``: its promoted trained version if it was trained on
+        the base model that serves now, else the base model's."""
+        if project is None or description.name != "xsam":
+            return description.model_version
+        try:
+            serving = ProjectVersions(settings.projects_dir, project).serving()
+        except (BadRequest, OSError, ValueError) as exc:
+            log.warning("project %s: cannot read its trained versions: %s", project, exc)
+            return description.model_version
+        if serving is None or serving.base_model_version != description.model_version:
+            return description.model_version
+        return serving.model_version
 
     @app.post("/predict")
     def predict() -> Response:
@@ -262,18 +279,38 @@ def create_app(
             log.warning("project %s: %d of %d tasks got an empty %s prediction: %s", project, count, len(tasks), kind, note)
         return results
 
+    training = make_training_trigger(settings)
+
     @app.post("/webhook")
     def webhook() -> tuple[Response, int]:
         body = _json_object()
         action = body.get("action")
         if not isinstance(action, str):
             raise BadRequest(f"expected 'action' to be the event name string; got {_describe(action)}")
-        log.info("webhook %s for project %s", action, _project(body))
-        return jsonify({"status": "ok", "action": action, "queued": False}), 200
+        decision = training.handle(body)
+        log.info("webhook %s for project %s: %s", action, decision.project, decision.reason)
+        return jsonify({"status": "ok", **decision.to_json()}), 200
 
     @app.get("/versions")
     def versions() -> Response:
-        return jsonify({"versions": [description.model_version], "model_version": description.model_version})
+        body = request.get_json(force=True, silent=True)
+        project = _project(body) if isinstance(body, Mapping) else request.args.get("project")
+        if project is None:
+            return jsonify({"versions": [description.model_version], "model_version": description.model_version})
+        project_versions = ProjectVersions(settings.projects_dir, project)
+        trained = [
+            v for v in project_versions.list() if v.base_model_version == description.model_version
+        ]
+        serving = _serving_version(project)
+        return jsonify(
+            {
+                "versions": [description.model_version, *(v.model_version for v in trained)],
+                "model_version": serving,
+                "project": project_versions.project,
+                "details": [v.summary() for v in trained],
+                "training": training.status(project_versions.project),
+            }
+        )
 
     @app.get("/metrics")
     def metrics_text() -> Response:
@@ -284,4 +321,5 @@ def create_app(
         return jsonify(openapi_document(settings))
 
     app.extensions["xsam_dispatcher"] = runner
+    app.extensions["xsam_training"] = training
     return app

@@ -170,7 +170,7 @@ def run_predict_job(
     image_size = (int(image.shape[0]), int(image.shape[1]))
     prompt = fit_prompt(job.prompt, image_size)
     with engine_turn():
-        result = engine.predict(image, prompt)
+        result = engine.predict(image, prompt, project=job.project)
     result = fit_result(result, job.prompt.image_size)
     if job.model_version is not None and job.model_version != result.model_version:
         log.info(

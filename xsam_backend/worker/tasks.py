@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from xsam_backend.errors import BackendError, JobTimeout
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 PREDICT_INTERACTIVE = "xsam.predict_interactive"
 PREDICT_BATCH = "xsam.predict_batch"
 TRAIN_PREFIX = "xsam.train"
+TRAIN_PROJECT = f"{TRAIN_PREFIX}_project"
 
 
 def _answer(runner: JobRunner, data: Any, urgent: bool) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def _timed_out(done: int, total: int) -> dict[str, Any]:
 
 
 def register_tasks(app: Celery, runner: JobRunner) -> None:
-    """Define ``xsam.predict_interactive`` and ``xsam.predict_batch`` on ``app``, running on ``runner``."""
+    """Define ``xsam.predict_interactive``, ``xsam.predict_batch`` and ``xsam.train_project`` on
+    ``app``; the predict tasks run on ``runner``."""
 
     @app.task(name=PREDICT_INTERACTIVE)
     def predict_interactive(job: dict[str, Any]) -> dict[str, Any]:
@@ -65,3 +67,23 @@ def register_tasks(app: Celery, runner: JobRunner) -> None:
             )
             answers.extend(_timed_out(len(answers), len(jobs)) for _ in range(len(jobs) - len(answers)))
         return answers
+
+    # Acknowledged on receipt: a training run outlives the broker's visibility timeout, and a
+    # redelivered copy would only find the project locked. A lost job is re-triggered by the next
+    # webhook once the queued flag expires.
+    @app.task(name=TRAIN_PROJECT, bind=True, acks_late=False)
+    def train_project(self: Task, project: str, reason: str = "on demand") -> dict[str, Any]:
+        """Fine-tune, evaluate and version one project; progress goes to the task state (``PROGRESS``
+        with ``{"state", "percent", "message"}``). Returns the job result JSON (``status`` is
+        ``promoted``, ``rejected``, ``skipped``, ``no_data`` or ``failed``)."""
+        from xsam_backend.training.job import run_training_job
+
+        def progress(status: dict[str, Any]) -> None:
+            if self.request.id is not None:
+                self.update_state(state="PROGRESS", meta=status)
+
+        try:
+            return run_training_job(runner.settings, project, reason, progress=progress).to_json()
+        except BackendError as exc:
+            log.error("training of project %s failed: %s: %s", project, exc.code, exc.message)
+            return {"project": str(project), "status": "failed", "message": f"{exc.code}: {exc.message}"}

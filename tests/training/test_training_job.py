@@ -1,0 +1,227 @@
+"""A whole training job on the tiny model against an HTTP server answering like Label Studio.
+
+The job reads the project through the real ``LabelStudioApi`` (paginated tasks) and downloads the
+images through the real ``MediaFetcher``; only Label Studio itself is stood in for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from repo_paths import REPO_ROOT
+from training_scenes import CLASSES, scene
+
+from xsam_backend.dispatch import InlineDispatcher
+from xsam_backend.masks import encode_brush_rle
+from xsam_backend.server.app import create_app
+from xsam_backend.settings import Settings
+from xsam_backend.training.coordination import DiskCoordinator
+from xsam_backend.training.job import run_training_job
+from xsam_backend.training.versions import ProjectVersions
+
+PROJECT = 4
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="brush" toName="image"><Label value="square"/><Label value="disk"/></BrushLabels></View>'
+)
+
+
+def _ls_server_module() -> ModuleType:
+    if "ls_http_server" in sys.modules:
+        return sys.modules["ls_http_server"]
+    spec = importlib.util.spec_from_file_location(
+        "ls_http_server", REPO_ROOT / "tests" / "labelstudio" / "ls_http_server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ls_http_server"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+LS = _ls_server_module()
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def labelled_task(task_id: int, cancelled: bool = False) -> tuple[dict[str, Any], bytes]:
+    image, masks, classes = scene(task_id)
+    results = [
+        {
+            "id": f"r{task_id}-{k}",
+            "from_name": "brush",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_height": image.shape[0],
+            "original_width": image.shape[1],
+            "value": {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": [CLASSES[c]]},
+        }
+        for k, (mask, c) in enumerate(zip(masks, classes))
+    ]
+    annotation = {"id": 100 + task_id, "result": results, "was_cancelled": cancelled, "ground_truth": False}
+    task = {
+        "id": task_id,
+        "data": {"image": f"/data/upload/{PROJECT}/{task_id}.png"},
+        "annotations": [annotation],
+    }
+    return task, png(image)
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    srv = LS.LabelStudioTestServer()
+    srv.api_projects[PROJECT] = {"id": PROJECT, "title": "shapes", "label_config": CONFIG}
+    srv.api_tasks[PROJECT] = []
+    for task_id in range(1, 6):
+        task, body = labelled_task(task_id)
+        srv.api_tasks[PROJECT].append(task)
+        srv.routes[f"/data/upload/{PROJECT}/{task_id}.png"] = LS.Route(
+            body=body, content_type="image/png", protected=True
+        )
+    srv.api_projects[5] = {"id": 5, "title": "skipped only", "label_config": CONFIG}
+    srv.api_tasks[5] = [labelled_task(1, cancelled=True)[0]]
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, server: Any, tiny_model_dir: Path) -> Settings:
+    return Settings(
+        label_studio_url=server.base_url,
+        label_studio_api_key=LS.LEGACY_TOKEN,
+        media_cache_dir=tmp_path / "cache",
+        model_dir=tiny_model_dir,
+        weights_root=tmp_path / "weights",
+        device="cpu",
+        train_steps=30,
+        train_learning_rate=3e-3,
+        train_holdout_fraction=0.25,
+    )
+
+
+@pytest.mark.timeout(600)
+def test_job_trains_versions_promotes_and_the_web_reports_it(settings: Settings) -> None:
+    statuses: list[dict[str, Any]] = []
+    result = run_training_job(settings, PROJECT, "test", progress=statuses.append)
+
+    versions = ProjectVersions(settings.projects_dir, PROJECT)
+    assert result.status == "promoted", result.message
+    assert result.version == "v0001" and versions.serving_name() == "v0001"
+    meta = versions.get("v0001").meta
+    assert meta["model_version"] == result.model_version and result.model_version.endswith("+p4.v0001")
+    assert meta["base_model_version"].startswith("xsam-xsam-tiny-") and len(meta["base_checksum"]) == 64
+    assert meta["classes"] == list(CLASSES)
+    assert (
+        len(meta["holdout_task_ids"]) >= 1
+        and len(meta["annotation_ids"]) + len(meta["holdout_task_ids"]) == 5
+    )
+    candidate, serving = meta["metrics"]["candidate"], meta["metrics"]["serving"]
+    assert meta["metrics"]["set"] == "holdout" and candidate["miou"] > serving["miou"]
+    assert meta["train"]["loss_last"] < meta["train"]["loss_first"]
+    # progress: states in order, percentages rising to 100
+    states = [s["state"] for s in statuses]
+    assert states[0] == "started" and "training" in states and states[-1] == "promoted"
+    percents = [s["percent"] for s in statuses]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert DiskCoordinator(settings.projects_dir).status("4")["state"] == "promoted"
+
+    app = create_app(settings, dispatcher=InlineDispatcher(settings))
+    client = app.test_client()
+    setup = client.post("/setup", json={"project": "4.1795316825", "schema": CONFIG}).get_json()
+    assert setup["model_version"] == result.model_version
+    other = client.post("/setup", json={"project": "9.1795316825", "schema": CONFIG}).get_json()
+    assert other["model_version"] == meta["base_model_version"]
+    listed = client.get("/versions", json={"project": "4.1795316825"}).get_json()
+    assert listed["model_version"] == result.model_version
+    assert listed["versions"] == [meta["base_model_version"], result.model_version]
+    assert listed["training"]["state"] == "promoted" and listed["details"][0]["promoted"] is True
+
+    # the next job continues from the serving version and writes v0002
+    again = run_training_job(settings, PROJECT, "test")
+    assert again.version == "v0002"
+    assert versions.get("v0002").meta["started_from"] == "v0001"
+    assert versions.serving_name() == ("v0002" if again.status == "promoted" else "v0001")
+
+
+def test_a_second_job_for_a_busy_project_is_skipped(settings: Settings) -> None:
+    coordinator = DiskCoordinator(settings.projects_dir)
+    with coordinator.job_lock("4") as held:
+        assert held
+        result = run_training_job(settings, PROJECT, coordinator=coordinator)
+    assert result.status == "skipped" and "already running" in result.message
+    assert ProjectVersions(settings.projects_dir, PROJECT).list() == []
+
+
+def test_nothing_accepted_means_no_data(settings: Settings) -> None:
+    result = run_training_job(settings, 5)
+    assert result.status == "no_data" and result.version is None
+
+
+def test_a_job_killed_mid_training_leaves_no_version_and_the_serving_one_untouched(
+    settings: Settings,
+) -> None:
+    versions = ProjectVersions(settings.projects_dir, PROJECT)
+    import torch
+
+    versions.write(
+        "v0001", {"bg_embeds.weight": torch.zeros(1, 32)}, {"model_version": "x", "promoted": True}
+    )
+    versions.set_serving("v0001")
+    serving_before = (versions.dir / "serving.json").read_bytes()
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_URL": str(settings.label_studio_url),
+        "LABEL_STUDIO_API_KEY": LS.LEGACY_TOKEN,
+        "MEDIA_CACHE_DIR": str(settings.media_cache_dir),
+        "XSAM_MODEL_DIR": str(settings.model_dir),
+        "MODEL_WEIGHTS_ROOT": str(settings.weights_root),
+        "XSAM_DEVICE": "cpu",
+        "TRAIN_STEPS": "100000",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    log_file = settings.weights_root / "train.log"
+    with log_file.open("w") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "xsam_backend", "train", "--project", str(PROJECT)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    status_file = settings.projects_dir / "4" / "state" / "status.json"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+            if status.get("state") == "training" and status.get("step", 0) >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the training process never reached step 1: {log_file.read_text()[-2000:]}")
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(10)
+    assert [v.name for v in versions.list()] == ["v0001"]
+    assert (versions.dir / "serving.json").read_bytes() == serving_before
+    assert not [p for p in versions.dir.iterdir() if p.name.startswith(".tmp-")]
+    with DiskCoordinator(settings.projects_dir).job_lock("4") as free:
+        assert free  # the dead process's lock went with it
