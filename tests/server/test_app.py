@@ -215,3 +215,11 @@ def test_request_size_limit(image_root):
     response = client.post("/predict", data=b"{" + b" " * 2000 + b"}", content_type="application/json")
     assert response.status_code == 413
     assert "MAX_REQUEST_BYTES" in response.get_json()["message"]
+
+
+def test_versions_reads_the_project_from_a_body_or_the_query(client):
+    assert client.get("/versions", json={"project": "3.1795316825"}).status_code == 200
+    assert client.get("/versions?project=3").status_code == 200
+    deep = b"[" * 100_000 + b"]" * 100_000
+    response = client.get("/versions", data=deep, content_type="application/json")
+    assert response.status_code == 400

@@ -293,8 +293,9 @@ def create_app(
 
     @app.get("/versions")
     def versions() -> Response:
-        body = request.get_json(force=True, silent=True)
-        project = _project(body) if isinstance(body, Mapping) else request.args.get("project")
+        # Label Studio sends the project in a JSON body on this GET; an empty body is fine here.
+        body = _json_object() if request.get_data(cache=True).strip() else None
+        project = _project(body) if body is not None else request.args.get("project")
         if project is None:
             return jsonify({"versions": [description.model_version], "model_version": description.model_version})
         project_versions = ProjectVersions(settings.projects_dir, project)
