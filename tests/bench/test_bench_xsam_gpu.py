@@ -46,7 +46,7 @@ def test_without_cuda_it_exits_with_a_clear_message(
 
 
 def test_dry_run_prints_every_row(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
-    bench.main(["--dry-run"])
+    bench.main(["--dry-run", "--config", str(PARITY_MODEL), "--tokenizer", str(SHARED / "xsam_parity" / "tokenizer")])
     table = capsys.readouterr().out
     for row in ("SAM encoder", "cached click (engine)", "speed-up", "prelabel", "intseg post-processing"):
         assert row in table
