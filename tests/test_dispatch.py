@@ -166,23 +166,28 @@ def test_inline_keeps_order_and_fails_jobs_one_by_one(settings: Settings) -> Non
     assert "absent.png" in str(outcomes[1].error)
 
 
+class Observed:
+    """The real fallback engine, with ``before(prompt, project)`` called ahead of every prediction."""
+
+    def __init__(self, settings: Settings, before: Callable[[Prompt, str | None], None]) -> None:
+        self.inner = build_engine(settings)
+        self.name, self.model_version = self.inner.name, self.inner.model_version
+        self.before = before
+
+    def supports(self, task: Task) -> bool:
+        return self.inner.supports(task)
+
+    def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
+        self.before(prompt, project)
+        return self.inner.predict(image, prompt, project=project)
+
+
 def test_inline_turns_an_engine_crash_into_that_jobs_error(settings: Settings) -> None:
-    class Exploding:
-        """The real fallback engine, except on images that are not the square."""
+    def explode(prompt: Prompt, project: str | None) -> None:
+        if prompt.label == "boom":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-        def __init__(self) -> None:
-            self.inner = build_engine(settings)
-            self.name, self.model_version = self.inner.name, self.inner.model_version
-
-        def supports(self, task: Task) -> bool:
-            return self.inner.supports(task)
-
-        def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
-            if prompt.label == "boom":
-                raise RuntimeError("CUDA error: an illegal memory access was encountered")
-            return self.inner.predict(image, prompt)
-
-    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Exploding())
+    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Observed(s, explode))
     broken, fine = dispatcher.predict([job(prompt=click("boom")), job()], "interactive")
     assert type(broken.error) is BackendError and "RuntimeError: CUDA error" in broken.error.message
     assert fine.error is None
@@ -220,22 +225,13 @@ def test_inline_lets_a_click_go_before_waiting_batch_jobs(settings: Settings) ->
     order: list[str] = []
     busy, release = threading.Event(), threading.Event()
 
-    class Recording:
-        def __init__(self) -> None:
-            self.inner = build_engine(settings)
-            self.name, self.model_version = self.inner.name, self.inner.model_version
+    def hold_the_first(prompt: Prompt, project: str | None) -> None:
+        order.append(str(prompt.label))
+        if prompt.label == "first":
+            busy.set()
+            release.wait(10)
 
-        def supports(self, task: Task) -> bool:
-            return self.inner.supports(task)
-
-        def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
-            order.append(str(prompt.label))
-            if prompt.label == "first":
-                busy.set()
-                release.wait(10)
-            return self.inner.predict(image, prompt)
-
-    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Recording())
+    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Observed(s, hold_the_first))
     dispatcher.predict([job()], "interactive")  # build the engine and warm the media cache
     order.clear()
 
@@ -321,20 +317,7 @@ def test_empty_request_needs_no_broker(settings: Settings) -> None:
 
 def test_the_job_names_its_project_to_the_engine(settings: Settings) -> None:
     seen: list[str | None] = []
-
-    class Recording:
-        def __init__(self) -> None:
-            self.inner = build_engine(settings)
-            self.name, self.model_version = self.inner.name, self.inner.model_version
-
-        def supports(self, task: Task) -> bool:
-            return self.inner.supports(task)
-
-        def predict(self, image: np.ndarray, prompt: Prompt, project: str | None = None) -> EngineResult:
-            seen.append(project)
-            return self.inner.predict(image, prompt, project=project)
-
-    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Recording())
+    dispatcher = InlineDispatcher(settings, engine_factory=lambda s: Observed(s, lambda _p, project: seen.append(project)))
     (outcome,) = dispatcher.predict([PredictJob(**{**job().__dict__, "project": "7"})], "interactive")
     assert outcome.error is None
     assert seen == ["7"]
