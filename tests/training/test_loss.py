@@ -6,6 +6,7 @@ import torch
 
 from xsam_backend.training.loss import (
     LossWeights,
+    deep_supervision_loss,
     hungarian_match,
     mask2former_loss,
     point_sample,
@@ -93,3 +94,25 @@ def test_gradient_descent_on_free_logits_reduces_the_loss() -> None:
         optimizer.step()
         losses.append(float(terms.total.detach()))
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_deep_supervision_adds_every_intermediate_prediction_matched_on_its_own() -> None:
+    classes, masks = targets()
+    gen = torch.Generator().manual_seed(3)
+    predictions = [(torch.randn(6, 3, generator=gen), torch.randn(6, 16, 16, generator=gen)) for _ in range(4)]
+    # the final prediction is right: its own matching must find that, whatever the earlier ones say
+    predictions[-1][1][:2] = logits_for(masks)
+    deep = deep_supervision_loss(predictions, classes, masks, WEIGHTS, torch.Generator().manual_seed(0))
+    replay = torch.Generator().manual_seed(0)
+    parts = [mask2former_loss(c, m, classes, masks, WEIGHTS, replay) for c, m in predictions]
+    assert deep.layers == 4
+    torch.testing.assert_close(deep.total, sum(p.total for p in parts))
+    assert (deep.cls, deep.mask, deep.dice) == (parts[-1].cls, parts[-1].mask, parts[-1].dice)
+
+    final_only = LossWeights(num_points=2048, auxiliary=False)
+    last = deep_supervision_loss(predictions, classes, masks, final_only, torch.Generator().manual_seed(0))
+    alone = mask2former_loss(*predictions[-1], classes, masks, final_only, torch.Generator().manual_seed(0))
+    assert last.layers == 1
+    torch.testing.assert_close(last.total, alone.total)
+    assert LossWeights.from_config({"use_auxiliary_loss": False}).auxiliary is False
+    assert LossWeights.from_config({}).auxiliary is True

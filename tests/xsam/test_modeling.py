@@ -221,6 +221,48 @@ def test_prepared_decoder_state_decodes_bitwise_as_the_stock_decoder(
 
 
 @needs_bundle
+def test_auxiliary_predictions_are_the_stock_intermediate_ones(tiny_model: XSamModel) -> None:
+    """Deep supervision reads every intermediate prediction of the stock decoder (the initial one
+    and one per layer but the last), classified by the same open-vocabulary head."""
+    dim = tiny_model.segmentor.decoder.queries_features.weight.shape[1]
+    pixels = _random_pixels(tiny_model, 1, seed=11)
+    seg = torch.randn(1, 1, dim, generator=torch.Generator().manual_seed(5)) * 3
+    conds = torch.randn(1, 4, dim)
+    tm = tiny_model.segmentor.decoder
+    with torch.no_grad():
+        plain = tiny_model.segmentor.decode_queries(pixels, seg, conds)
+        deep = tiny_model.segmentor.decode_queries(pixels, seg, conds, auxiliary=True)
+        multi_scale, positions, sizes = [], [], []
+        for i, feature in enumerate(pixels.multi_scale):
+            sizes.append(feature.shape[-2:])
+            pos = tm.position_embedder(feature.shape, feature.device, feature.dtype, None).flatten(2)
+            positions.append(pos.permute(2, 0, 1))
+            proj = tm.input_projections[i](feature).flatten(2) + tm.level_embed.weight[i][None, :, None]
+            multi_scale.append(proj.permute(2, 0, 1))
+        stock = tm.decoder(
+            inputs_embeds=tm.queries_features.weight.unsqueeze(1) + seg.transpose(0, 1),
+            multi_stage_positional_embeddings=positions,
+            pixel_embeddings=pixels.mask_features,
+            encoder_hidden_states=multi_scale,
+            query_position_embeddings=tm.queries_embedder.weight.unsqueeze(1),
+            feature_size_list=sizes,
+            return_dict=True,
+        )
+    assert plain.auxiliary == ()
+    layers = len(tm.decoder.layers)
+    assert len(deep.auxiliary) == layers == len(stock.masks_queries_logits) - 1
+    assert torch.equal(deep.mask_logits, plain.mask_logits)
+    assert torch.equal(deep.class_logits, plain.class_logits)
+    for (classes, masks), states, want in zip(
+        deep.auxiliary, stock.intermediate_hidden_states, stock.masks_queries_logits
+    ):
+        torch.testing.assert_close(masks, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            classes, tiny_model.segmentor.classify(states.transpose(0, 1), conds), atol=1e-5, rtol=1e-5
+        )
+
+
+@needs_bundle
 def test_decoder_state_holds_one_key_and_value_per_layer_at_its_level(tiny_model: XSamModel) -> None:
     pixels = _random_pixels(tiny_model, 1, seed=3)
     with torch.no_grad():

@@ -10,6 +10,9 @@ For one image with ``Q`` queries and ``N`` ground-truth instances:
    points chosen by PointRend uncertainty sampling (``oversample_ratio`` candidates, of which
    ``importance_sample_ratio`` are the most uncertain, the rest uniform). Mask terms are averaged
    over the instances.
+3. **Deep supervision** (``use_auxiliary_loss``, on in X-SAM): the same matching and losses on
+   every intermediate prediction of the decoder (the initial one and one per layer but the last),
+   each matched on its own, all added with equal weight (:func:`deep_supervision_loss`).
 
 Coordinates: every mask here lives in the padded SAM frame (the resized image in the top-left
 corner of an ``S × S`` square) at any resolution; points are ``(x, y)`` in ``[0, 1]`` of that
@@ -18,7 +21,7 @@ square, so predictions at ``S/8`` and targets at ``S/4`` sample the same places.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,7 @@ class LossWeights:
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
+    auxiliary: bool = True
 
     @classmethod
     def from_config(cls, mask2former: Mapping[str, Any]) -> LossWeights:
@@ -53,17 +57,21 @@ class LossWeights:
             importance_sample_ratio=float(
                 mask2former.get("importance_sample_ratio", default.importance_sample_ratio)
             ),
+            auxiliary=bool(mask2former.get("use_auxiliary_loss", default.auxiliary)),
         )
 
 
 @dataclass(frozen=True)
 class LossTerms:
-    """The weighted total (a scalar with gradient) and its unweighted parts (floats, for logs)."""
+    """The weighted total (a scalar with gradient) and its unweighted parts (floats, for logs);
+    with deep supervision, the parts are those of the final prediction and ``layers`` counts the
+    predictions whose losses make up ``total``."""
 
     total: torch.Tensor
     cls: float
     mask: float
     dice: float
+    layers: int = 1
 
 
 def point_sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -190,3 +198,25 @@ def mask2former_loss(
         mask=float(loss_mask.detach()),
         dice=float(loss_dice.detach()),
     )
+
+
+def deep_supervision_loss(
+    predictions: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    target_classes: torch.Tensor,
+    target_masks: torch.Tensor,
+    weights: LossWeights,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """The sum of :func:`mask2former_loss` over decoder ``predictions``, earliest first, the final
+    one last: each ``(class_logits (Q, C + 1), mask_logits (Q, h, w))`` of one image, matched to
+    the targets on its own. Only the final one counts unless ``weights.auxiliary``."""
+    if not predictions:
+        raise ValueError("deep supervision needs at least the final prediction")
+    used = predictions if weights.auxiliary else predictions[-1:]
+    parts = [
+        mask2former_loss(classes, masks, target_classes, target_masks, weights, generator)
+        for classes, masks in used
+    ]
+    final = parts[-1]
+    total = torch.stack([part.total for part in parts]).sum()
+    return LossTerms(total=total, cls=final.cls, mask=final.mask, dice=final.dice, layers=len(parts))

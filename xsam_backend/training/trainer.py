@@ -23,7 +23,7 @@ import torch
 
 from xsam_backend.training.evaluation import ImagePrediction
 from xsam_backend.training.features import FrozenFeatures, padded_targets
-from xsam_backend.training.loss import LossTerms, LossWeights, mask2former_loss
+from xsam_backend.training.loss import LossTerms, LossWeights, deep_supervision_loss
 from xsam_backend.xsam import processing_post as post
 from xsam_backend.xsam.modeling import DecoderOutput, XSamModel, index_mean, upsample_mask_logits
 
@@ -130,11 +130,12 @@ def prepare_for_training(model: XSamModel) -> list[torch.nn.Parameter]:
     return trainable
 
 
-def forward(model: XSamModel, features: FrozenFeatures) -> DecoderOutput:
+def forward(model: XSamModel, features: FrozenFeatures, auxiliary: bool = False) -> DecoderOutput:
     """The trainable part of the network on cached frozen features (gradients flow); the features
     are moved to the model's device here.
 
-    Returns class logits ``(1, Q, C + 1)`` and mask logits ``(1, Q, S/8, S/8)`` (padded frame).
+    Returns class logits ``(1, Q, C + 1)`` and mask logits ``(1, Q, S/8, S/8)`` (padded frame),
+    with ``auxiliary`` also the decoder's intermediate predictions.
     """
     dtype = model.segmentor.decoder.queries_features.weight.dtype
     connector = next(model.seg_connector.parameters())
@@ -150,7 +151,9 @@ def forward(model: XSamModel, features: FrozenFeatures) -> DecoderOutput:
             f"a genseg prompt needs one <SEG> and at least one class; got {segs.shape[0]} and {conds.shape[0]}"
         )
     cond_embeds = model.with_background(conds)
-    return model.segmentor.decode_queries(pixels, segs.reshape(1, 1, -1).to(dtype), cond_embeds.to(dtype))
+    return model.segmentor.decode_queries(
+        pixels, segs.reshape(1, 1, -1).to(dtype), cond_embeds.to(dtype), auxiliary=auxiliary
+    )
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -203,16 +206,13 @@ def train(
 def sample_loss(
     model: XSamModel, sample: TrainSample, weights: LossWeights, generator: torch.Generator | None = None
 ) -> LossTerms:
-    """The Mask2Former loss of one sample (last decoder layer)."""
-    out = forward(model, sample.features)
+    """The Mask2Former loss of one sample: the final prediction and, with ``weights.auxiliary``,
+    every intermediate one (deep supervision)."""
+    out = forward(model, sample.features, auxiliary=weights.auxiliary)
     device = out.mask_logits.device
-    return mask2former_loss(
-        out.class_logits[0],
-        out.mask_logits[0],
-        sample.classes.to(device),
-        sample.masks.to(device),
-        weights,
-        generator,
+    predictions = [(c[0], m[0]) for c, m in (*out.auxiliary, (out.class_logits, out.mask_logits))]
+    return deep_supervision_loss(
+        predictions, sample.classes.to(device), sample.masks.to(device), weights, generator
     )
 
 

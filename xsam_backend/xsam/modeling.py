@@ -246,11 +246,15 @@ class DecoderImageState:
 class DecoderOutput:
     """One decoder pass. ``class_logits``: ``(B, Q, C + 1)``, last column background.
     ``mask_logits``: ``(B, Q, S/8, S/8)``, last layer only, padded SAM frame at stride 8.
-    ``query_states``: ``(B, Q, D)``, the LayerNorm-ed last query states."""
+    ``query_states``: ``(B, Q, D)``, the LayerNorm-ed last query states.
+    ``auxiliary``: only when asked for (training's deep supervision), the earlier predictions,
+    initial then after each layer but the last, each ``(class_logits, mask_logits)`` shaped as
+    the final pair."""
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
     query_states: torch.Tensor
+    auxiliary: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 def _cross_attention(
@@ -385,12 +389,17 @@ class XSegmentor(nn.Module):
         pixels: PixelDecoderOutput | DecoderImageState,
         seg_embeds: torch.Tensor,
         cond_embeds: torch.Tensor,
+        auxiliary: bool = False,
     ) -> DecoderOutput:
         """The masked-attention decoder with ``<SEG>`` added to every learnable query feature.
 
         ``pixels``: the pixel decoder output, or the :meth:`prepare_decoder` state of it (what a
         cached image passes: then no image-only work is repeated). ``seg_embeds``: ``(B, 1, D)``;
-        ``cond_embeds``: ``(B, C + 1, D)`` (background last). Computes what the stock
+        ``cond_embeds``: ``(B, C + 1, D)`` (background last). ``auxiliary``: also return the
+        intermediate predictions (the initial one and one per layer but the last), each classified
+        by the same open-vocabulary head, as the official training loss reads them.
+
+        Computes what the stock
         ``Mask2FormerTransformerModule.forward`` does plus the ``<SEG>`` term, bitwise, with the
         per-layer attention mask kept once per query instead of once per head, and without the
         attention mask of the last mask prediction (no layer reads it).
@@ -404,11 +413,14 @@ class XSegmentor(nn.Module):
         hidden = hidden + seg_embeds.transpose(0, 1).to(hidden.dtype)
         normed = dec.layernorm(hidden)
         mask_logits, blocked = self._predict_masks(normed, state.mask_features, state.sizes[0])
+        earlier: list[tuple[torch.Tensor, torch.Tensor]] = []
         layers = _decoder_layers(tm)
         last = len(layers) - 1
         for idx, layer in enumerate(layers):
             if self.training and dec.layerdrop > 0 and torch.rand([]) < dec.layerdrop:
                 continue
+            if auxiliary:
+                earlier.append((self.classify(normed.transpose(0, 1), cond_embeds), mask_logits))
             assert blocked is not None
             hidden = _decoder_layer(
                 layer,
@@ -426,6 +438,7 @@ class XSegmentor(nn.Module):
             class_logits=self.classify(query_states, cond_embeds),
             mask_logits=mask_logits,
             query_states=query_states,
+            auxiliary=tuple(earlier),
         )
 
     def _predict_masks(
