@@ -104,6 +104,9 @@ class Settings:
     train_learning_rate: float = field(default=1e-4, metadata={"env": "TRAIN_LEARNING_RATE"})
     train_promote_margin: float = field(default=0.0, metadata={"env": "TRAIN_PROMOTE_MARGIN"})
     train_seed: int = field(default=0, metadata={"env": "TRAIN_SEED"})
+    train_lora_rank: int = field(default=0, metadata={"env": "TRAIN_LORA_RANK"})
+    train_lora_alpha: int = field(default=32, metadata={"env": "TRAIN_LORA_ALPHA"})
+    train_lora_dropout: float = field(default=0.05, metadata={"env": "TRAIN_LORA_DROPOUT"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -129,6 +132,10 @@ class Settings:
             raise SettingsError(
                 f"TRAIN_ACCEPT must be submitted, ground_truth or reviewed; got {values['train_accept']!r}"
             )
+        if values.get("train_lora_rank", 0) < 0 or values.get("train_lora_alpha", 1) < 1:
+            raise SettingsError("TRAIN_LORA_RANK must be 0 (off) or more, and TRAIN_LORA_ALPHA at least 1")
+        if not 0.0 <= values.get("train_lora_dropout", 0.0) < 1.0:
+            raise SettingsError(f"TRAIN_LORA_DROPOUT must be in [0, 1); got {values['train_lora_dropout']}")
         if ("basic_auth_user" in values) != ("basic_auth_pass" in values):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if "label_studio_url" in values:

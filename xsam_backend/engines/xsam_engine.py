@@ -56,6 +56,7 @@ from xsam_backend.masks import decode_compact_rle
 from xsam_backend.prompt import Prompt, Task, VisualRegion
 from xsam_backend.segment import EngineResult, Segment
 from xsam_backend.settings import Settings
+from xsam_backend.training.lora import LoraSpec, use_lora
 from xsam_backend.training.scores import ScoreCalibration
 from xsam_backend.training.serving import ServingChoice, ServingVersions
 from xsam_backend.training.trainer import apply_delta, trainable_state
@@ -194,9 +195,10 @@ class XSamEngine:
     def serve_project_versions(self, projects_dir: Path) -> None:
         """Answer a project's predictions with its promoted trained version under ``projects_dir``.
 
-        The trained parameters (the decoder side, see :mod:`xsam_backend.training.trainer`) are
-        copied into the loaded model when a prediction for another version arrives; the base
-        model is never reloaded, and cached image features are kept per version.
+        The trained parameters (the decoder side, see :mod:`xsam_backend.training.trainer`, and a
+        version's LLM adapter, see :mod:`xsam_backend.training.lora`) are copied into the loaded
+        model when a prediction for another version arrives; the base model is never reloaded,
+        and cached image features and prompt prefixes are kept per version.
         """
         self._projects = ServingVersions(projects_dir, self._model_version)
 
@@ -213,7 +215,19 @@ class XSamEngine:
             model = self.pipeline.model
             if self._base_delta is None:
                 self._base_delta = trainable_state(model)
-            apply_delta(model, self._base_delta if choice.version is None else load_delta(choice.version))
+            try:
+                if choice.version is None:
+                    use_lora(model, None)
+                    apply_delta(model, self._base_delta)
+                else:
+                    use_lora(model, LoraSpec.from_json(choice.version.meta.get("lora")))
+                    apply_delta(model, load_delta(choice.version))
+            except Exception:
+                # never leave a half-swapped model behind: back to the base parameters
+                use_lora(model, None)
+                apply_delta(model, self._base_delta)
+                self._active = None
+                raise
             self._active = choice.version
             log.info("model now holds %s", choice.model_version)
         return choice

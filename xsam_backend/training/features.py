@@ -9,7 +9,9 @@ image and the prompt (the genseg template with the project's class names, in a f
   with the ``<p>…</p>`` (``cond_ids``) and ``<SEG>`` (``seg_ids``) positions, ``(L,)`` int64.
 
 Both come from the inference pipeline itself (its trace), so training sees exactly what serving
-computes. The target masks go to the padded SAM frame: resized like the image to
+computes. With LoRA adapters on the LLM (:mod:`.lora`) the hidden state changes while training, so
+the LLM's input embeddings ``(1, L, D_llm)`` (image tokens spliced in; SigLIP and the projectors
+stay frozen) and the answer's next-token labels ``(L,)`` are kept instead, and the LLM reruns. The target masks go to the padded SAM frame: resized like the image to
 ``scaled_size``, padded with 0 to ``S × S``, stored at ``S/4`` (what the loss samples from).
 """
 
@@ -32,7 +34,8 @@ class FrozenFeatures:
     """One image's frozen-part outputs for one class list (see the module docstring).
 
     ``image_size``/``scaled_size``: ``(H, W)`` of the original image and of the resized image
-    in the padded SAM frame.
+    in the padded SAM frame. ``llm_inputs`` ``(1, L, D_llm)`` and ``llm_labels`` ``(L,)`` int64
+    (answer token ids, −100 elsewhere): only when extracted for LLM adapters.
     """
 
     sam_layers: list[torch.Tensor]
@@ -41,10 +44,15 @@ class FrozenFeatures:
     seg_ids: torch.Tensor
     image_size: tuple[int, int]
     scaled_size: tuple[int, int]
+    llm_inputs: torch.Tensor | None = None
+    llm_labels: torch.Tensor | None = None
 
 
-def extract_features(pipeline: XSamPipeline, image: np.ndarray, classes: Sequence[str]) -> FrozenFeatures:
-    """Run the frozen parts on ``image`` ``(H, W, 3)`` uint8 RGB for a genseg prompt of ``classes``.
+def extract_features(
+    pipeline: XSamPipeline, image: np.ndarray, classes: Sequence[str], llm_inputs: bool = False
+) -> FrozenFeatures:
+    """Run the frozen parts on ``image`` ``(H, W, 3)`` uint8 RGB for a genseg prompt of ``classes``;
+    with ``llm_inputs`` also keep what rerunning an adapted LLM needs.
 
     The tensors are ordinary (not inference-mode) copies on the CPU, so that a project's images
     do not have to fit in GPU memory together (release: ≈ 35 MB per image in bf16); the trainer
@@ -60,7 +68,7 @@ def extract_features(pipeline: XSamPipeline, image: np.ndarray, classes: Sequenc
     if "llm.last_hidden_state" not in prompt_trace:
         raise RuntimeError("the genseg prompt produced no hidden states; is the model config complete?")
     states = image_trace["sam.hidden_states"]
-    return FrozenFeatures(
+    features = FrozenFeatures(
         sam_layers=[_copy(states[i]) for i in pipeline.config.seg_select_layers],
         llm_hidden=_copy(prompt_trace["llm.last_hidden_state"]),
         cond_ids=_copy(prompt_trace["index_embeds.cond.ids"][0]),
@@ -68,6 +76,26 @@ def extract_features(pipeline: XSamPipeline, image: np.ndarray, classes: Sequenc
         image_size=state.image_size,
         scaled_size=state.scaled_size,
     )
+    if llm_inputs:
+        features.llm_inputs = _copy(prompt_trace["spliced.inputs_embeds"])
+        features.llm_labels = spliced_labels(pipeline, request)
+        if features.llm_labels.shape[0] != features.llm_inputs.shape[1]:
+            raise RuntimeError(
+                f"{features.llm_labels.shape[0]} labels for {features.llm_inputs.shape[1]} LLM positions"
+            )
+    return features
+
+
+def spliced_labels(pipeline: XSamPipeline, request: XSamRequest) -> torch.Tensor:
+    """The next-token labels of ``request``'s prompt after ``<image>`` became the image tokens:
+    ``(L,)`` int64, the answer's ids, −100 on everything else."""
+    prompt = pipeline.encode_prompt(request)
+    labels = prompt.labels
+    pos = prompt.image_position
+    if pos is not None:
+        image = np.full(pipeline.config.num_image_tokens, -100, dtype=np.int64)
+        labels = np.concatenate([labels[:pos], image, labels[pos + 1 :]])
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:

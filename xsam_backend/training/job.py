@@ -8,8 +8,9 @@ task state, the project's status and the log:
    queued flag, remove temporary directories a killed job left;                        0 %
 2. read the label config and the accepted annotations through the Label Studio API, convert
    them to instance masks, split a deterministic hold-out set;                          5 %
-3. load the base model, apply the serving version's parameters (training continues from it),
-   download every image and run the frozen parts once per image;                      5–25 %
+3. load the base model, apply the serving version's parameters (training continues from it,
+   its LLM adapter too when ``TRAIN_LORA_*`` asks for one of the same shape), download every
+   image and run the frozen parts once per image;                                      5–25 %
 4. evaluate the serving weights on the hold-out set; fine-tune; evaluate the candidate; 25–90 %
 5. write the version atomically; promote it (``serving.json``) only if the gate passes. 90–100 %
 
@@ -41,6 +42,7 @@ from xsam_backend.training.coordination import Coordinator, make_coordinator
 from xsam_backend.training.dataset import TrainingExample, collect_examples, split_holdout
 from xsam_backend.training.evaluation import ImageTruth, Scores, evaluate, promotion_gate
 from xsam_backend.training.features import FrozenFeatures, extract_features
+from xsam_backend.training.lora import LoraSpec, use_lora
 from xsam_backend.training.loss import LossWeights
 from xsam_backend.training.scores import ScoreCalibration, fit_calibration, match_hits
 from xsam_backend.training.trainer import (
@@ -215,7 +217,13 @@ def _run(
     pipeline = pipeline_factory(settings)
     base_version = xsam_model_version(Path(settings.model_dir))
     serving = versions.serving()
+    adapter = LoraSpec.from_settings(
+        settings.train_lora_rank, settings.train_lora_alpha, settings.train_lora_dropout
+    )
+    serving_adapter: LoraSpec | None = None
     if serving is not None and serving.base_model_version == base_version:
+        serving_adapter = LoraSpec.from_json(serving.meta.get("lora"))
+        use_lora(pipeline.model, serving_adapter)
         apply_delta(pipeline.model, load_delta(serving))
     elif serving is not None:
         log.warning(
@@ -231,7 +239,7 @@ def _run(
     everything = [*split.train, *split.holdout]
     usable: dict[int, FrozenFeatures] = {}
     for i, example in enumerate(everything):
-        found = _features(pipeline, fetcher, example, classes)
+        found = _features(pipeline, fetcher, example, classes, adapter or serving_adapter)
         if found is not None:
             usable[example.task_id] = found
         report(
@@ -263,6 +271,15 @@ def _run(
         f"serving weights on the {gate_set} set: mIoU {serving_scores.miou:.4f}, AP {serving_scores.ap:.4f}",
         force=True,
     )
+    if serving_adapter is not None and (adapter is None or not adapter.same_shape(serving_adapter)):
+        log.warning(
+            "project %s: the LLM adapter of %s (%s) is not continued; the candidate %s",
+            project,
+            serving.name if serving is not None else "the serving version",
+            serving_adapter.to_json(),
+            "has none" if adapter is None else f"starts a fresh one ({adapter.to_json()})",
+        )
+    use_lora(pipeline.model, adapter)
     train_config = TrainConfig(
         steps=settings.train_steps,
         learning_rate=settings.train_learning_rate,
@@ -324,12 +341,14 @@ def _run(
         },
         "promoted": decision.promote,
         "score_calibration": calibration.to_json(),
+        "lora": adapter.to_json() if adapter is not None else None,
         "train": {
             "steps": train_config.steps,
             "learning_rate": train_config.learning_rate,
             "seed": train_config.seed,
             "loss_first": training.mean(first=True),
             "loss_last": training.mean(first=False),
+            "deep_supervision": train_config.loss.auxiliary,
             "seconds": round(time.perf_counter() - started, 2),
         },
     }
@@ -368,7 +387,11 @@ def _as_classes(
 
 
 def _features(
-    pipeline: XSamPipeline, fetcher: ImageFetcher, example: TrainingExample, classes: Sequence[str]
+    pipeline: XSamPipeline,
+    fetcher: ImageFetcher,
+    example: TrainingExample,
+    classes: Sequence[str],
+    adapter: LoraSpec | None,
 ) -> FrozenFeatures | None:
     """The frozen features of one example's image; ``None`` (logged) when the image cannot be used:
     one broken image must not stop the project's training."""
@@ -385,7 +408,7 @@ def _features(
             example.image_size,
         )
         return None
-    return extract_features(pipeline, image, classes)
+    return extract_features(pipeline, image, classes, llm_inputs=adapter is not None)
 
 
 def _score(

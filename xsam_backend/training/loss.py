@@ -42,6 +42,7 @@ class LossWeights:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     auxiliary: bool = True
+    llm_weight: float = 1.0
 
     @classmethod
     def from_config(cls, mask2former: Mapping[str, Any]) -> LossWeights:
@@ -65,13 +66,15 @@ class LossWeights:
 class LossTerms:
     """The weighted total (a scalar with gradient) and its unweighted parts (floats, for logs);
     with deep supervision, the parts are those of the final prediction and ``layers`` counts the
-    predictions whose losses make up ``total``."""
+    predictions whose losses make up ``total``; ``llm``: the answer's next-token loss (LLM adapter
+    only, weight ``llm_weight``)."""
 
     total: torch.Tensor
     cls: float
     mask: float
     dice: float
     layers: int = 1
+    llm: float = 0.0
 
 
 def point_sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,11 @@ Mask2Former pixel decoder and masked-attention decoder, ``llm_projector``, ``log
 modules are kept in fp32 (the frozen ones stay in the serving dtype), AdamW with linear warm-up
 then cosine decay, gradient clipping, one image per step.
 
+With a LoRA adapter attached to the LLM (:func:`~xsam_backend.training.lora.use_lora`), its
+``lora_A``/``lora_B`` tensors train too: the LLM reruns on the cached input embeddings every step
+(with activation checkpointing), and the loss adds X-SAM's ``L_llm``, the next-token cross-entropy
+of the fixed answer, so that the adapted LLM keeps answering as the base one does.
+
 A version stores exactly the tensors of :func:`trainable_state`; :func:`apply_delta` puts them
 back into any model built from the same config.
 """
@@ -15,14 +20,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from xsam_backend.training.evaluation import ImagePrediction
 from xsam_backend.training.features import FrozenFeatures, padded_targets
+from xsam_backend.training.lora import answer_loss, attached_spec, is_lora_parameter
 from xsam_backend.training.loss import LossTerms, LossWeights, deep_supervision_loss
 from xsam_backend.xsam import processing_post as post
 from xsam_backend.xsam.modeling import DecoderOutput, XSamModel, index_mean, upsample_mask_logits
@@ -41,15 +47,23 @@ Progress = Callable[[int, int, float], None]
 
 
 def is_trainable(name: str) -> bool:
-    """Whether the parameter ``name`` (release naming) is fine-tuned."""
-    return name.startswith(TRAINABLE_PREFIXES)
+    """Whether the parameter ``name`` (release naming) can be fine-tuned: the decoder side, and
+    the LLM adapter's tensors."""
+    return name.startswith(TRAINABLE_PREFIXES) or is_lora_parameter(name)
+
+
+def tuned_parameters(model: XSamModel) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """The parameters a version of ``model`` in its current state holds: the decoder side, plus
+    the adapter's when one is attached and enabled."""
+    adapter = attached_spec(model) is not None
+    for name, param in model.named_parameters():
+        if name.startswith(TRAINABLE_PREFIXES) or (adapter and is_lora_parameter(name)):
+            yield name, param
 
 
 def trainable_state(model: XSamModel) -> dict[str, torch.Tensor]:
     """The fine-tuned parameters by release name, detached fp32 copies on CPU."""
-    return {
-        name: p.detach().float().cpu().clone() for name, p in model.named_parameters() if is_trainable(name)
-    }
+    return {name: p.detach().float().cpu().clone() for name, p in tuned_parameters(model)}
 
 
 def apply_delta(model: XSamModel, delta: Mapping[str, torch.Tensor]) -> None:
@@ -115,24 +129,38 @@ class TrainReport:
 
 
 def prepare_for_training(model: XSamModel) -> list[torch.nn.Parameter]:
-    """Freeze everything but :data:`TRAINABLE_PREFIXES`, cast those modules to fp32, and return
-    the trainable parameters."""
+    """Freeze everything but :func:`tuned_parameters`, cast those to fp32, and return them."""
     for module in (model.seg_connector, model.llm_projector, model.bg_embeds):
         module.float()
     model.segmentor.pixel_decoder.float()
     model.segmentor.decoder.float()
     model.segmentor.logit_scale.data = model.segmentor.logit_scale.data.float()
-    trainable = []
+    tuned = dict(tuned_parameters(model))
     for name, param in model.named_parameters():
-        param.requires_grad_(is_trainable(name))
-        if param.requires_grad:
-            trainable.append(param)
-    return trainable
+        if name in tuned and is_lora_parameter(name):
+            param.data = param.data.float()
+        param.requires_grad_(name in tuned)
+    return list(tuned.values())
 
 
-def forward(model: XSamModel, features: FrozenFeatures, auxiliary: bool = False) -> DecoderOutput:
+def llm_hidden(model: XSamModel, features: FrozenFeatures) -> torch.Tensor:
+    """The LLM's last hidden state ``(1, L, D_llm)`` for ``features``' prompt: the cached one, or,
+    with an adapter attached, the LLM rerun on the cached input embeddings (gradients flow into
+    the adapter)."""
+    if attached_spec(model) is None:
+        return features.llm_hidden
+    if features.llm_inputs is None:
+        raise ValueError("an adapted LLM reruns on its input embeddings: extract with llm_inputs=True")
+    first = next(model.llm.parameters())  # the token embeddings: the LLM's serving dtype
+    return model.run_llm(features.llm_inputs.to(first.device, first.dtype))
+
+
+def forward(
+    model: XSamModel, features: FrozenFeatures, auxiliary: bool = False, hidden: torch.Tensor | None = None
+) -> DecoderOutput:
     """The trainable part of the network on cached frozen features (gradients flow); the features
-    are moved to the model's device here.
+    are moved to the model's device here. ``hidden``: the LLM state if already computed
+    (:func:`llm_hidden` otherwise).
 
     Returns class logits ``(1, Q, C + 1)`` and mask logits ``(1, Q, S/8, S/8)`` (padded frame),
     with ``auxiliary`` also the decoder's intermediate predictions.
@@ -143,7 +171,8 @@ def forward(model: XSamModel, features: FrozenFeatures, auxiliary: bool = False)
     maps = model.seg_connector([layer.to(device, connector.dtype) for layer in features.sam_layers])
     pixels = model.segmentor.decode_pixels([m.to(dtype) for m in maps])
     projector_dtype = next(model.llm_projector.parameters()).dtype
-    embeds = model.project(features.llm_hidden.to(device, projector_dtype))[0]
+    hidden = llm_hidden(model, features) if hidden is None else hidden
+    embeds = model.project(hidden.to(device, projector_dtype))[0]
     conds = index_mean(embeds, features.cond_ids.to(device))
     segs = index_mean(embeds, features.seg_ids.to(device))
     if segs.shape[0] != 1 or conds.shape[0] == 0:
@@ -178,6 +207,9 @@ def train(
     warmup = max(1, round(config.warmup_fraction * config.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.steps, warmup))
     generator = torch.Generator().manual_seed(config.seed)
+    adapter = attached_spec(model) is not None
+    if adapter:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     losses: list[float] = []
     started = time.perf_counter()
@@ -198,6 +230,8 @@ def train(
                 progress(step + 1, config.steps, losses[-1])
     finally:
         model.eval()
+        if adapter:
+            model.llm.gradient_checkpointing_disable()
         for param in params:
             param.requires_grad_(False)
     return TrainReport(losses=tuple(losses), seconds=time.perf_counter() - started)
@@ -207,13 +241,21 @@ def sample_loss(
     model: XSamModel, sample: TrainSample, weights: LossWeights, generator: torch.Generator | None = None
 ) -> LossTerms:
     """The Mask2Former loss of one sample: the final prediction and, with ``weights.auxiliary``,
-    every intermediate one (deep supervision)."""
-    out = forward(model, sample.features, auxiliary=weights.auxiliary)
+    every intermediate one (deep supervision); with an LLM adapter, plus ``L_llm``."""
+    hidden = llm_hidden(model, sample.features)
+    out = forward(model, sample.features, auxiliary=weights.auxiliary, hidden=hidden)
     device = out.mask_logits.device
     predictions = [(c[0], m[0]) for c, m in (*out.auxiliary, (out.class_logits, out.mask_logits))]
-    return deep_supervision_loss(
+    terms = deep_supervision_loss(
         predictions, sample.classes.to(device), sample.masks.to(device), weights, generator
     )
+    if attached_spec(model) is None:
+        return terms
+    labels = sample.features.llm_labels
+    if labels is None:
+        raise ValueError("an adapted LLM trains on its answer: extract with llm_inputs=True")
+    llm = answer_loss(model, hidden, labels)
+    return replace(terms, total=terms.total + weights.llm_weight * llm, llm=float(llm.detach()))
 
 
 @torch.no_grad()
