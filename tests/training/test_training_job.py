@@ -6,9 +6,11 @@ images through the real ``MediaFetcher``; only Label Studio itself is stood in f
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -160,6 +162,59 @@ def test_job_trains_versions_promotes_and_the_web_reports_it(settings: Settings)
     assert again.version == "v0002"
     assert versions.get("v0002").meta["started_from"] == "v0001"
     assert versions.serving_name() == ("v0002" if again.status == "promoted" else "v0001")
+
+
+def test_broken_images_are_skipped_with_a_warning_and_the_rest_still_trains(
+    settings: Settings, server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tasks 1-5 are good (the fixture). Tasks 6-8 are annotated like them (96 x 128) but their
+    # image is unusable: bytes that are no image, a PNG cut in half, a PNG of another size.
+    good = list(range(1, 6))
+    broken: dict[int, bytes] = {}
+    for task_id in (6, 7, 8):
+        task, body = labelled_task(task_id)
+        server.api_tasks[PROJECT].append(task)
+        broken[task_id] = body
+    broken[6] = b"<html><body>this is not an image</body></html>"
+    broken[7] = broken[7][: len(broken[7]) // 2]
+    broken[8] = png(scene(8)[0][:64])  # 64 x 128, the annotation says 96 x 128
+    for task_id, body in broken.items():
+        server.routes[f"/data/upload/{PROJECT}/{task_id}.png"] = LS.Route(
+            body=body, content_type="image/png", protected=True
+        )
+
+    statuses: list[dict[str, Any]] = []
+    with caplog.at_level(logging.WARNING, logger="xsam_backend.training.job"):
+        result = run_training_job(
+            dataclasses.replace(settings, train_steps=5), PROJECT, "test", progress=statuses.append
+        )
+
+    # the job went on and wrote a version
+    assert result.status in ("promoted", "rejected"), result.message
+    versions = ProjectVersions(settings.projects_dir, PROJECT)
+    assert result.version == "v0001" and [v.name for v in versions.list()] == ["v0001"]
+    assert versions.serving_name() == ("v0001" if result.status == "promoted" else None)
+
+    # one warning per broken task, naming it and why
+    skipped = {
+        int(r.getMessage().split(":", 1)[0].removeprefix("task ")): r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and ": image skipped: " in r.getMessage()
+    }
+    assert sorted(skipped) == [6, 7, 8], caplog.text
+    assert "cannot decode image" in skipped[6] and "cannot decode image" in skipped[7]
+    assert "(64, 128)" in skipped[8] and "(96, 128)" in skipped[8]
+
+    # all eight were split (the deterministic split holds out task 8 and a good one) ...
+    loading = [s["message"] for s in statuses if s["state"] == "loading"]
+    assert loading and loading[0].startswith("6 training and 2 hold-out images"), loading
+    # ... but the version records only the images it used
+    meta = versions.get("v0001").meta
+    assert sorted(meta["task_ids"] + meta["holdout_task_ids"]) == good
+    assert not set(meta["task_ids"] + meta["holdout_task_ids"]) & set(broken)
+    assert meta["annotation_ids"] == [100 + t for t in meta["task_ids"]]
+    assert meta["num_annotations"] == len(meta["task_ids"]) >= 1 and meta["holdout_task_ids"]
+    assert meta["metrics"]["set"] == "holdout"
 
 
 def test_a_second_job_for_a_busy_project_is_skipped(settings: Settings) -> None:
