@@ -217,6 +217,41 @@ def test_broken_images_are_skipped_with_a_warning_and_the_rest_still_trains(
     assert meta["metrics"]["set"] == "holdout"
 
 
+def test_a_job_with_an_llm_adapter_stores_it_and_the_worker_serves_it(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from xsam_backend.engines.xsam_engine import XSamEngine
+    from xsam_backend.prompt import Prompt, Task
+    from xsam_backend.training.lora import LoraSpec, is_lora_parameter
+    from xsam_backend.training.versions import load_delta
+
+    with_adapter = dataclasses.replace(
+        settings, train_steps=8, train_lora_rank=4, train_lora_alpha=8, train_lora_dropout=0.0
+    )
+    result = run_training_job(with_adapter, PROJECT, "test")
+    assert result.status in ("promoted", "rejected"), result.message
+    versions = ProjectVersions(settings.projects_dir, PROJECT)
+    version = versions.get("v0001")
+    assert LoraSpec.from_json(version.meta["lora"]) == LoraSpec(4, 8, 0.0)
+    delta = load_delta(version)
+    adapter = {n: t for n, t in delta.items() if is_lora_parameter(n)}
+    assert adapter and any(bool(t.any()) for n, t in adapter.items() if ".lora_B." in n)
+    versions.set_serving("v0001")  # serve it whatever the gate said
+
+    engine = XSamEngine.from_dir(settings.model_dir, settings)
+    prompt = Prompt(task=Task.GENERIC, classes=CLASSES, mode="instance")
+    image = scene(1)[0]
+    assert engine.predict(image, prompt, project=str(PROJECT)).model_version == version.model_version
+    assert engine.predict(image, prompt).model_version == version.meta["base_model_version"]
+
+    # the adapter is continued only when the settings ask for one of the same shape
+    with caplog.at_level(logging.WARNING, logger="xsam_backend.training.job"):
+        again = run_training_job(dataclasses.replace(settings, train_steps=3), PROJECT, "test")
+    assert again.version == "v0002" and versions.get("v0002").meta["lora"] is None
+    assert not any(is_lora_parameter(n) for n in load_delta(versions.get("v0002")))
+    assert "LLM adapter of v0001" in caplog.text and "has none" in caplog.text
+
+
 def test_a_second_job_for_a_busy_project_is_skipped(settings: Settings) -> None:
     coordinator = DiskCoordinator(settings.projects_dir)
     with coordinator.job_lock("4") as held:

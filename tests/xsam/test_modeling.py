@@ -99,7 +99,10 @@ def tiny_model() -> XSamModel:
 
 
 @needs_bundle
-def test_decoder_with_seg_is_bitwise_official_when_fed_recorded_inputs(tiny_model: XSamModel) -> None:
+def test_decoder_with_seg_matches_official_when_fed_recorded_inputs(tiny_model: XSamModel) -> None:
+    """Against the official outputs recorded on another machine: equal up to the CPU's kernels
+    (bitwise where they are the same; about 5e-6 apart on AVX-512). The same-machine comparison
+    with the stock decoder below stays bitwise."""
     expected = load_file(str(PARITY_DIR / "cases" / "refseg" / "expected.safetensors"))
     pixels = PixelDecoderOutput(
         expected["pixel_decoder.mask_features"],
@@ -107,9 +110,10 @@ def test_decoder_with_seg_is_bitwise_official_when_fed_recorded_inputs(tiny_mode
     )
     with torch.no_grad():
         out = tiny_model.segmentor.decode_queries(pixels, expected["seg_embeds"], expected["cond_embeds"])
-    assert torch.equal(out.mask_logits, expected["decoder.masks_queries_logits_lowres"])
-    assert torch.equal(out.query_states, expected["decoder.last_query_states"])
-    assert torch.equal(out.class_logits, expected["class_queries_logits"])
+    exact = {"atol": 2e-5, "rtol": 1e-5}
+    torch.testing.assert_close(out.mask_logits, expected["decoder.masks_queries_logits_lowres"], **exact)
+    torch.testing.assert_close(out.query_states, expected["decoder.last_query_states"], **exact)
+    torch.testing.assert_close(out.class_logits, expected["class_queries_logits"], **exact)
 
 
 @needs_bundle
@@ -121,21 +125,24 @@ def test_image_stages_match_official_when_fed_recorded_pixels(tiny_model: XSamMo
         )
         regions = tiny_model.region_embeddings(features, expected["sampler.points_yx_norm"])
     assert stages is not None
-    assert torch.equal(stages.siglip_selected, expected["siglip.hidden_states_selected"])
-    assert torch.equal(stages.visual_tokens, expected["visual_projector.out"])
+    # recorded on another machine: equal up to the CPU's kernels (bitwise where they are the same)
     torch.testing.assert_close(
-        torch.stack(stages.sam_states), expected["sam.hidden_states"], atol=1e-6, rtol=0
+        stages.siglip_selected, expected["siglip.hidden_states_selected"], atol=2e-5, rtol=1e-5
     )
-    torch.testing.assert_close(stages.sam_tokens, expected["seg_projector.out"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(stages.visual_tokens, expected["visual_projector.out"], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.stack(stages.sam_states), expected["sam.hidden_states"], atol=2e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(stages.sam_tokens, expected["seg_projector.out"], atol=2e-5, rtol=1e-5)
     for i, out in enumerate(stages.connector):
-        torch.testing.assert_close(out, expected[f"seg_connector.out{i}"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(regions, expected["sampler.region_embeds"], atol=1e-6, rtol=0)
-    # the connector fed the recorded SAM layers is exact
+        torch.testing.assert_close(out, expected[f"seg_connector.out{i}"], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(regions, expected["sampler.region_embeds"], atol=2e-5, rtol=1e-5)
+    # the connector fed the recorded SAM layers
     states = list(expected["sam.hidden_states"])
     with torch.no_grad():
         fed = tiny_model.seg_connector([states[i] for i in tiny_model.config.seg_select_layers])
     for i, out in enumerate(fed):
-        assert torch.equal(out, expected[f"seg_connector.out{i}"])
+        torch.testing.assert_close(out, expected[f"seg_connector.out{i}"], atol=2e-5, rtol=1e-5)
 
 
 @needs_bundle
