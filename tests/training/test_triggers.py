@@ -312,3 +312,23 @@ def test_webhook_counts_annotations_and_ignores_other_events(
     assert not other["queued"] and other["reason"] == "event does not affect training"
     bad = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": "../etc"}})
     assert bad.status_code == 400
+
+
+def test_legacy_train_route_queues_like_start_training(tmp_path: Path) -> None:
+    """Label Studio posts "Start training" to /train when its training-webhook flag is off."""
+    app = _app(tmp_path)
+    recorder = RecordingQueue()
+    app.extensions["xsam_training"].jobs = recorder
+    client = app.test_client()
+    legacy = {"annotations": [{"id": 1, "data": {}}], "project": "4.1795316825", "label_config": "<View/>"}
+    first = client.post("/train", json=legacy)
+    assert first.status_code == 201, first.get_json()
+    body = first.get_json()
+    assert (body["queued"], body["project"], body["action"]) == (True, "4", "START_TRAINING")
+    assert "job" not in body  # a "job" key would make Label Studio poll /job_status
+    again = client.post("/train", json={"project": 4}).get_json()
+    assert not again["queued"] and again["reason"] == "a training job for this project is already queued"
+    assert recorder.jobs == [("4", "START_TRAINING")]
+    for bad in ({}, {"project": "../etc"}, {"project": "abc.123"}, {"project": None}):
+        response = client.post("/train", json=bad)
+        assert response.status_code == 400 and "project" in response.get_json()["message"], bad

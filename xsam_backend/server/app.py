@@ -291,6 +291,22 @@ def create_app(
         log.info("webhook %s for project %s: %s", action, decision.project, decision.reason)
         return jsonify({"status": "ok", **decision.to_json()}), 200
 
+    @app.post("/train")
+    def train() -> tuple[Response, int]:
+        # What Label Studio calls for "Start training" when its training-webhook flag is off: the
+        # body carries every annotated task, but the job reads the project through the API (the
+        # same acceptance rule as automatic training), so only the project id is used here.
+        body = _json_object()
+        project = _project(body)
+        if project is None or not project.isdigit():
+            raise BadRequest(
+                f"expected 'project' to be the Label Studio project (\"<id>.<timestamp>\" or an id); "
+                f"got {_describe(body.get('project'))}"
+            )
+        decision = training.handle({"action": "START_TRAINING", "project": project})
+        log.info("train request for project %s: %s", decision.project, decision.reason)
+        return jsonify({"status": "ok", **decision.to_json()}), 201
+
     @app.get("/versions")
     def versions() -> Response:
         # Label Studio sends the project in a JSON body on this GET; an empty body is fine here.

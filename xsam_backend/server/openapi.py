@@ -257,6 +257,33 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/train": {
+                "post": {
+                    "operationId": "train",
+                    "summary": "Queue a training job for a project (Label Studio's legacy Start training)",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["project"],
+                                "properties": {
+                                    "project": {
+                                        "oneOf": [
+                                            {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+                                            {"type": "integer", "minimum": 0},
+                                        ]
+                                    }
+                                },
+                            }
+                        ),
+                    },
+                    "responses": {
+                        "201": {"description": "queued, or why not", "content": _json({"type": "object"})},
+                        **_errors(400, 401, 413, 422),
+                    },
+                }
+            },
             "/versions": {
                 "get": {
                     "operationId": "versions",
