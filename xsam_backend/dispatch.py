@@ -260,8 +260,21 @@ class CeleryDispatcher:
         return {**out, "broker": "ok", "queued": queued}
 
     def close(self) -> None:
-        """Close the broker and result connections."""
+        """Close this dispatcher's connections: the health-check client, the result backend's and
+        its pub/sub subscription. The broker connections stay in kombu's process-wide pools,
+        shared with every other Celery app of the process that uses the same broker URL."""
         self._redis.close()
+        backend = self._app.backend
+        consumer = getattr(backend, "result_consumer", None)
+        if consumer is not None:
+            consumer.stop()  # closes the pub/sub connection
+            # and forgets it, so that a result object collected later does not reconnect (with
+            # retries, to a broker that may be gone) only to unsubscribe
+            consumer.subscribed_to.clear()
+            consumer._pubsub = None
+        client = getattr(backend, "client", None)
+        if client is not None:
+            client.connection_pool.disconnect()
         self._app.close()
 
 

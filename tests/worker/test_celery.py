@@ -225,13 +225,27 @@ def test_only_json_crosses_redis_and_unanswered_jobs_time_out(
     db = redis_dbs[2]  # no worker consumes this database
     settings = Settings(redis_url=url_of_db(db), interactive_timeout_s=0.5)
     dispatcher = CeleryDispatcher(settings)
+
+    def subscribed() -> list[dict[str, Any]]:
+        return [
+            c
+            for c in redis_client.client_list()
+            if int(c["db"]) == db and c["cmd"] in ("subscribe", "psubscribe", "unsubscribe")
+        ]
+
     try:
         with pytest.raises(JobTimeout, match="interactive"):
             dispatcher.predict([job(task_id=42)], "interactive")
         health = dispatcher.health()
+        assert subscribed()  # the dispatcher listens for results on a pub/sub connection
     finally:
         dispatcher.close()
     assert health["broker"] == "ok" and health["queued"]["interactive"] == 1
+    # close released the subscription (the server may take a moment to notice a closed socket)
+    deadline = time.monotonic() + 5
+    while subscribed() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribed() == []
 
     raw = redis.Redis(**{**redis_client.connection_pool.connection_kwargs, "db": db}).lrange(
         "interactive", 0, -1
