@@ -59,7 +59,6 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from xsam_backend.errors import BackendError
     from xsam_backend.export.curation import AcceptancePolicy, CurationFilters
-    from xsam_backend.export.predictions import PredictionReader
     from xsam_backend.export.runner import ExportOptions, run_export
     from xsam_backend.labelstudio.api import LabelStudioApi
     from xsam_backend.labelstudio.media import MediaFetcher
@@ -85,9 +84,6 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             LabelStudioApi.from_settings(settings),
             options,
             images=lambda url, task_id: fetcher.fetch(url, task_id),
-            predictions=PredictionReader.from_settings(settings)
-            if args.min_agreement_iou is not None
-            else None,
             progress=not args.no_progress,
         )
     except BackendError as exc:

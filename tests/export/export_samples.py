@@ -141,4 +141,4 @@ class ListSource:
         for task in self.tasks:
             kept = tuple(a for a in task.annotations if include_cancelled or not a.get("was_cancelled"))
             if kept or not only_annotated:
-                yield LabelledTask(task.id, task.data, kept)
+                yield LabelledTask(task.id, task.data, kept, task.predictions)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 from export_samples import annotation, disc
@@ -90,6 +92,14 @@ def test_latest_prediction_by_time_and_version() -> None:
     assert latest_prediction(predictions)["id"] == 2  # type: ignore[index]
     assert latest_prediction(predictions, "a")["id"] == 3  # type: ignore[index]
     assert latest_prediction(predictions, "c") is None
+    # the SDK's typed fields hold datetimes; naive times count as UTC
+    typed = [
+        {"id": 4, "result": [], "created_at": datetime(2025, 3, 1, tzinfo=UTC)},
+        {"id": 5, "result": [], "created_at": datetime(2025, 2, 1)},
+        {"id": 6, "result": [], "created_at": "2025-02-15T00:00:00"},
+    ]
+    assert latest_prediction([*predictions, *typed])["id"] == 4  # type: ignore[index]
+    assert latest_prediction([*predictions, *typed[1:]])["id"] == 6  # type: ignore[index]
 
 
 def _instance(label: str, mask: np.ndarray) -> Instance:

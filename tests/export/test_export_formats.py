@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,15 @@ EXPECTED_MASKS = {
 }
 
 
-def _export(tmp_path: Path, fmt: str, **kwargs: Any) -> tuple[dict[str, Any], Path]:
+def _export(
+    tmp_path: Path, fmt: str, predictions: dict[int, list[dict[str, Any]]] | None = None, **kwargs: Any
+) -> tuple[dict[str, Any], Path]:
+    """Export ``_tasks()``; ``predictions``: task id → the predictions listed with that task."""
     out = tmp_path / fmt
-    extra = {k: kwargs.pop(k) for k in ("images", "predictions") if k in kwargs}
+    extra = {k: kwargs.pop(k) for k in ("images",) if k in kwargs}
     options = ExportOptions(project_id=7, format=fmt, out_dir=out, val_fraction=0.5, seed=1, **kwargs)  # type: ignore[arg-type]
-    summary = run_export(ListSource(LABEL_CONFIG, _tasks()), options, progress=False, **extra)
+    tasks = [replace(t, predictions=tuple((predictions or {}).get(t.id, ()))) for t in _tasks()]
+    summary = run_export(ListSource(LABEL_CONFIG, tasks), options, progress=False, **extra)
     return summary, out
 
 
@@ -279,7 +284,7 @@ def test_agreement_filter_compares_with_the_latest_prediction(tmp_path: Path) ->
     }
     filters = CurationFilters(min_agreement_iou=0.9)
     summary, out = _export(
-        tmp_path, "coco", filters=filters, predictions=lambda task_id: predictions.get(task_id, [])
+        tmp_path, "coco", filters=filters, predictions=predictions
     )
     entries = _manifest(out)
     assert entries[1]["reason"] == "low_agreement"  # Cat agrees, Dog, Bird and Car were not predicted
@@ -287,7 +292,7 @@ def test_agreement_filter_compares_with_the_latest_prediction(tmp_path: Path) ->
     assert entries[4]["reason"] == "low_agreement"  # the newest prediction (v2) is shifted
     filters_v1 = CurationFilters(min_agreement_iou=0.9, model_version="v1")
     summary, out = _export(
-        tmp_path / "v1", "coco", filters=filters_v1, predictions=lambda t: predictions.get(t, [])
+        tmp_path / "v1", "coco", filters=filters_v1, predictions=predictions
     )
     assert _manifest(out)[4]["status"] == "included" and _manifest(out)[4]["agreement_iou"] == 1.0
 
@@ -299,8 +304,9 @@ def test_output_folder_must_be_new_or_empty_and_options_are_checked(tmp_path: Pa
         _export(tmp_path, "coco")
     with pytest.raises(BadRequest, match="format"):
         ExportOptions(project_id=1, format="voc", out_dir=tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(BadRequest, match="predictions"):
-        _export(tmp_path / "x", "coco", filters=CurationFilters(min_agreement_iou=0.5))
+    # the agreement filter needs nothing more: a task without predictions is excluded, with why
+    _, out = _export(tmp_path / "x", "coco", filters=CurationFilters(min_agreement_iou=0.5))
+    assert {e["reason"] for e in _manifest(out).values() if e["status"] == "excluded"} >= {"no_prediction"}
     with pytest.raises(BadRequest, match="read them"):
         _export(tmp_path / "y", "coco", copy_images=True)
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from ls_http_server import LEGACY_TOKEN, LabelStudioTestServer, make_jwt
 
+from xsam_backend.export.curation import latest_prediction
 from xsam_backend.labelstudio.api import LabelledTask, LabelStudioApi, LabelStudioApiError
 from xsam_backend.settings import Settings
 
@@ -32,7 +33,18 @@ def server() -> Iterator[LabelStudioTestServer]:
             "id": i,
             "data": {"image": f"/data/upload/7/{i}.png"},
             "annotations": [annotation(100 + i)] if i % 3 else [annotation(100 + i, cancelled=True)],
-            "predictions": [],
+            "predictions": [
+                {
+                    "id": 500 + i,
+                    "result": [],
+                    "model_version": "xsam-test",
+                    "score": 0.5,
+                    "created_at": "2026-11-01T10:00:00.123456Z",
+                    "task": i,
+                }
+            ]
+            if i == 1
+            else [],
         }
         for i in range(1, 12)
     ]
@@ -56,6 +68,10 @@ def test_iter_tasks_streams_all_pages_and_drops_cancelled(server: LabelStudioTes
     assert tasks[0].data == {"image": "/data/upload/7/1.png"}
     assert [a["id"] for a in tasks[0].annotations] == [101]
     assert tasks[0].annotations[0]["result"][0]["value"] == {"rle": [1, 2]}
+    # the predictions come with the task (the export's agreement filter needs no request per task)
+    (prediction,) = tasks[0].predictions
+    assert (prediction["id"], prediction["model_version"], prediction["result"]) == (501, "xsam-test", [])
+    assert latest_prediction(tasks[0].predictions) is prediction and tasks[1].predictions == ()
     pages = [r.path for r in server.requests if r.path.startswith("/api/tasks/")]
     assert len(pages) == 4  # 3 pages of 4, then the 404 that ends paging
     assert all("page_size=4" in p and "fields=all" in p for p in pages)

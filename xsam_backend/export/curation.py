@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -136,13 +136,16 @@ def _int_or(value: Any, default: int) -> int:
 
 
 def _timestamp(value: Any) -> float:
-    """Seconds since the epoch of an ISO 8601 string (``Z`` allowed); -inf when missing or invalid."""
-    if not isinstance(value, str):
+    """Seconds since the epoch of an ISO 8601 string (``Z`` allowed) or a ``datetime`` (what the
+    SDK's typed task fields hold); -inf when missing or invalid. Naive times are taken as UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return float("-inf")
+    if not isinstance(value, datetime):
         return float("-inf")
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return float("-inf")
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
 
 
 def choose_annotation(

@@ -8,7 +8,7 @@ every writer streams to disk. Per task:
    the selected labels and dropping empty masks;
 3. take the image size from the regions (after EXIF orientation); read the image only when no
    region states a size, or when images are copied;
-4. with the agreement filter, compare with the latest prediction;
+4. with the agreement filter, compare with the latest of the predictions listed with the task;
 5. assign the split by hashing the task id; write the image's labels, and its copy.
 
 Every task seen gets a manifest line, included or excluded with a reason.
@@ -50,10 +50,6 @@ FORMATS: tuple[ExportFormat, ...] = ("coco", "yolo-seg", "masks")
 
 ImageReader = Callable[[str, int], np.ndarray]
 """``(image URL, task id)`` → ``(H, W, 3)`` uint8 RGB after EXIF orientation (``MediaFetcher.fetch``)."""
-
-PredictionLookup = Callable[[int], Sequence[Mapping[str, Any]]]
-"""Task id → its predictions (dicts with ``result``, ``model_version``, ``created_at``)."""
-
 
 class TaskSource(Protocol):
     """Where tasks come from: :class:`~xsam_backend.labelstudio.api.LabelStudioApi`, or a fake."""
@@ -151,14 +147,12 @@ class _Exporter:
         categories: Sequence[str],
         image_key: str,
         images: ImageReader | None,
-        predictions: PredictionLookup | None,
     ) -> None:
         self.options = options
         self.image_key = image_key
         self.categories = tuple(categories)
         self.selected = frozenset(categories)
         self.images = images
-        self.predictions = predictions
         self.writer = _writer(options, categories)
         self.manifest = ManifestWriter(options.out_dir, options.describe())
 
@@ -221,8 +215,7 @@ class _Exporter:
             size = image_size
         agreement = None
         if filters.min_agreement_iou is not None:
-            assert self.predictions is not None
-            prediction = latest_prediction(self.predictions(task.id), filters.model_version)
+            prediction = latest_prediction(task.predictions, filters.model_version)
             if prediction is None:
                 version = f" of model version {filters.model_version!r}" if filters.model_version else ""
                 return excluded("no_prediction", f"the task has no prediction{version}")
@@ -261,20 +254,17 @@ def run_export(
     options: ExportOptions,
     *,
     images: ImageReader | None = None,
-    predictions: PredictionLookup | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Export project ``options.project_id`` into ``options.out_dir``; return the manifest summary.
 
     ``images`` reads a task's image (needed to copy images, and for tasks whose annotation has
-    no region stating the image size); ``predictions`` lists a task's predictions (needed by the
-    agreement filter). The output folder must be new or empty. Raises :class:`BadRequest` for
+    no region stating the image size). The agreement filter reads the predictions the task list
+    carries (no request per task). The output folder must be new or empty. Raises :class:`BadRequest` for
     unusable options and :class:`~xsam_backend.errors.LabelStudioApiError` when Label Studio
     fails; the partial output is left for inspection, without the temporary files.
     """
     filters = options.filters
-    if filters.min_agreement_iou is not None and predictions is None:
-        raise BadRequest("the agreement filter needs a way to read predictions")
     if options.copy_images and images is None:
         raise BadRequest("copying images needs a way to read them")
     spec = parse_label_config(source.label_config(options.project_id))
@@ -287,7 +277,7 @@ def run_export(
             )
     categories = [label for label in all_labels if filters.labels is None or label in filters.labels]
     _prepare_out_dir(options.out_dir)
-    exporter = _Exporter(options, categories, spec.image_key, images, predictions)
+    exporter = _Exporter(options, categories, spec.image_key, images)
     tasks = source.iter_tasks(
         options.project_id, only_annotated=True, include_cancelled=True, page_size=options.page_size
     )

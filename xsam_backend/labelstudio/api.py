@@ -31,13 +31,15 @@ from xsam_backend.settings import Settings
 
 @dataclass(frozen=True)
 class LabelledTask:
-    """One task as the API returns it: ``data`` (e.g. ``{"image": "/data/upload/1/x.jpg"}``) and
-    its annotations, each a dict with ``id``, ``result`` (the regions, Label Studio JSON) and
-    ``was_cancelled``, ``ground_truth``, ``completed_by``, ``created_at``, ``updated_at``."""
+    """One task as the API returns it: ``data`` (e.g. ``{"image": "/data/upload/1/x.jpg"}``), its
+    annotations, each a dict with ``id``, ``result`` (the regions, Label Studio JSON) and
+    ``was_cancelled``, ``ground_truth``, ``completed_by``, ``created_at``, ``updated_at``, and its
+    predictions, each with ``id``, ``result``, ``model_version``, ``score``, ``created_at``."""
 
     id: int
     data: Mapping[str, Any]
     annotations: tuple[Mapping[str, Any], ...]
+    predictions: tuple[Mapping[str, Any], ...] = ()
 
 
 class LabelStudioApi:
@@ -154,4 +156,5 @@ def _labelled_task(item: Any, include_cancelled: bool) -> LabelledTask | None:
         for annotation in raw.get("annotations") or ()
         if isinstance(annotation, Mapping) and (include_cancelled or not annotation.get("was_cancelled"))
     )
-    return LabelledTask(id=task_id, data=raw.get("data") or {}, annotations=annotations)
+    predictions = tuple(p for p in raw.get("predictions") or () if isinstance(p, Mapping))
+    return LabelledTask(id=task_id, data=raw.get("data") or {}, annotations=annotations, predictions=predictions)
