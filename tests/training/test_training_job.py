@@ -222,8 +222,12 @@ def test_a_job_with_an_llm_adapter_stores_it_and_the_worker_serves_it(
 ) -> None:
     from xsam_backend.engines.xsam_engine import XSamEngine
     from xsam_backend.prompt import Prompt, Task
-    from xsam_backend.training.lora import LoraSpec, is_lora_parameter
+    from xsam_backend.training.evaluation import ImageTruth, evaluate
+    from xsam_backend.training.features import extract_features
+    from xsam_backend.training.lora import LoraSpec, is_lora_parameter, use_lora
+    from xsam_backend.training.trainer import apply_delta, predict_instances
     from xsam_backend.training.versions import load_delta
+    from xsam_backend.xsam.pipeline import XSamPipeline
 
     with_adapter = dataclasses.replace(
         settings, train_steps=8, train_lora_rank=4, train_lora_alpha=8, train_lora_dropout=0.0
@@ -250,6 +254,20 @@ def test_a_job_with_an_llm_adapter_stores_it_and_the_worker_serves_it(
     assert again.version == "v0002" and versions.get("v0002").meta["lora"] is None
     assert not any(is_lora_parameter(n) for n in load_delta(versions.get("v0002")))
     assert "LLM adapter of v0001" in caplog.text and "has none" in caplog.text
+
+    # the recorded metrics are what each version gives when served from a freshly loaded model
+    v1, v2 = version.meta, versions.get("v0002").meta
+    assert v2["metrics"]["serving"] == v1["metrics"]["candidate"]
+    holdout = v1["holdout_task_ids"]
+    truths = [ImageTruth(scene(t)[1], tuple(CLASSES[c] for c in scene(t)[2])) for t in holdout]
+    for meta, delta_of in ((v1, versions.get("v0001")), (v2, versions.get("v0002"))):
+        fresh = XSamPipeline.from_dir(settings.model_dir)
+        use_lora(fresh.model, LoraSpec.from_json(meta["lora"]))
+        apply_delta(fresh.model, load_delta(delta_of))
+        features = [extract_features(fresh, scene(t)[0], CLASSES, llm_inputs=True) for t in holdout]
+        served = evaluate([predict_instances(fresh.model, f, CLASSES) for f in features], truths)
+        assert served.miou == pytest.approx(meta["metrics"]["candidate"]["miou"], abs=1e-6), meta["version"]
+        assert served.ap == pytest.approx(meta["metrics"]["candidate"]["ap"], abs=1e-6), meta["version"]
 
 
 def test_a_second_job_for_a_busy_project_is_skipped(settings: Settings) -> None:

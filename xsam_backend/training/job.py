@@ -225,6 +225,9 @@ def _run(
         serving_adapter = LoraSpec.from_json(serving.meta.get("lora"))
         use_lora(pipeline.model, serving_adapter)
         apply_delta(pipeline.model, load_delta(serving))
+        # The cached LLM states are the base LLM's (what a candidate without adapter serves
+        # with); a model with an adapter reruns the LLM on the cached input embeddings instead.
+        use_lora(pipeline.model, None)
     elif serving is not None:
         log.warning(
             "project %s: serving %s was trained on %s, not %s; starting from the base",
@@ -264,6 +267,7 @@ def _run(
     gate_features = [usable[e.task_id] for e in gate_examples]
     gate_set = "holdout" if holdout_examples else "train"
 
+    use_lora(pipeline.model, serving_adapter)  # the serving version, exactly as it serves
     serving_scores, _ = _score(pipeline, gate_features, gate_examples, classes)
     report(
         "training",
