@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from bench.bench_xsam_cpu import TOKENIZER, mid_size_config
+from bench.bench_xsam_gpu import load_tokenizer
 from xsam_backend.training.features import extract_features
 from xsam_backend.training.lora import LoraSpec, use_lora
 from xsam_backend.training.loss import LossWeights
@@ -52,10 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     config = mid_size_config()
-    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
-    missing = [t for t in ("<SEG>", "<p>", "</p>") if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
+    tokenizer = load_tokenizer(TOKENIZER)
     image, masks, classes = scene()
     side = int(config.sam_image_size)
 

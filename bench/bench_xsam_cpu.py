@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
+from bench.bench_xsam_gpu import load_tokenizer
 from xsam_backend.engines.xsam_engine import XSamEngine
 from xsam_backend.prompt import Prompt, Task, VisualRegion
 from xsam_backend.xsam import processing_post as post
@@ -80,10 +80,7 @@ def main() -> None:
     torch.manual_seed(0)
     config = mid_size_config()
     model = XSamModel(config).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
-    missing = [t for t in ("<SEG>", "<p>", "</p>") if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
+    tokenizer = load_tokenizer(TOKENIZER)
     pipeline = XSamPipeline(model, tokenizer, config)
     image = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from repo_paths import SHARED
 from safetensors.torch import load_file
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerMaskedAttentionDecoderOutput
 
 from xsam_backend.xsam.checkpoint import load_model
 from xsam_backend.xsam.config import XSamConfig
@@ -169,6 +170,15 @@ def _stock_decode(
     model: XSamModel | XSegmentor, pixels: PixelDecoderOutput, seg_embeds: torch.Tensor
 ) -> DecoderOutput:
     """The decoder as the stock ``Mask2FormerTransformerModule.forward`` runs it, plus ``<SEG>``."""
+    out = _stock_decoder_output(model, pixels, seg_embeds)
+    states = out.intermediate_hidden_states[-1].transpose(0, 1)
+    return DecoderOutput(states.new_zeros(0), out.masks_queries_logits[-1], states)
+
+
+def _stock_decoder_output(
+    model: XSamModel | XSegmentor, pixels: PixelDecoderOutput, seg_embeds: torch.Tensor
+) -> Mask2FormerMaskedAttentionDecoderOutput:
+    """The stock ``Mask2FormerMaskedAttentionDecoder`` output (every intermediate state and mask)."""
     tm = (model.segmentor if isinstance(model, XSamModel) else model).decoder
     multi_scale, positions, sizes = [], [], []
     for i, feature in enumerate(pixels.multi_scale):
@@ -189,8 +199,7 @@ def _stock_decode(
         feature_size_list=sizes,
         return_dict=True,
     )
-    states = out.intermediate_hidden_states[-1].transpose(0, 1)
-    return DecoderOutput(states.new_zeros(0), out.masks_queries_logits[-1], states)
+    return out
 
 
 def _random_pixels(
@@ -239,22 +248,7 @@ def test_auxiliary_predictions_are_the_stock_intermediate_ones(tiny_model: XSamM
     with torch.no_grad():
         plain = tiny_model.segmentor.decode_queries(pixels, seg, conds)
         deep = tiny_model.segmentor.decode_queries(pixels, seg, conds, auxiliary=True)
-        multi_scale, positions, sizes = [], [], []
-        for i, feature in enumerate(pixels.multi_scale):
-            sizes.append(feature.shape[-2:])
-            pos = tm.position_embedder(feature.shape, feature.device, feature.dtype, None).flatten(2)
-            positions.append(pos.permute(2, 0, 1))
-            proj = tm.input_projections[i](feature).flatten(2) + tm.level_embed.weight[i][None, :, None]
-            multi_scale.append(proj.permute(2, 0, 1))
-        stock = tm.decoder(
-            inputs_embeds=tm.queries_features.weight.unsqueeze(1) + seg.transpose(0, 1),
-            multi_stage_positional_embeddings=positions,
-            pixel_embeddings=pixels.mask_features,
-            encoder_hidden_states=multi_scale,
-            query_position_embeddings=tm.queries_embedder.weight.unsqueeze(1),
-            feature_size_list=sizes,
-            return_dict=True,
-        )
+        stock = _stock_decoder_output(tiny_model, pixels, seg)
     assert plain.auxiliary == ()
     layers = len(tm.decoder.layers)
     assert len(deep.auxiliary) == layers == len(stock.masks_queries_logits) - 1
