@@ -147,6 +147,20 @@ def test_image_stages_match_official_when_fed_recorded_pixels(tiny_model: XSamMo
 
 
 @needs_bundle
+def test_a_model_built_without_weights_holds_no_leftover_memory() -> None:
+    """The stock pixel decoder's level_embed comes uninitialised; X-SAM's init zeroes it (a
+    random-weight model computed NaN masks on some runs before)."""
+    config = XSamConfig.from_file(PARITY_DIR / "model")
+    for _ in range(3):
+        model = XSamModel(config)
+        assert torch.equal(
+            model.segmentor.pixel_decoder.level_embed,
+            torch.zeros_like(model.segmentor.pixel_decoder.level_embed),
+        )
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@needs_bundle
 def test_embed_ids_splices_image_and_regions(tiny_model: XSamModel) -> None:
     ids = tiny_model.config.token_ids
     image_tokens = torch.randn(1, tiny_model.config.num_image_tokens, tiny_model.config.llm_hidden_size)

@@ -336,6 +336,11 @@ class XSegmentor(nn.Module):
         self.pixel_decoder = Mask2FormerPixelDecoder(
             m2f, feature_channels=list(config.connector.out_channels)
         )
+        # The stock pixel decoder allocates level_embed uninitialised (legacy constructor) and
+        # leaves it to the official _init_weights, which zeroes it. A checkpoint overwrites it; a
+        # model built without one (random weights) must not compute on leftover memory.
+        with torch.no_grad():
+            self.pixel_decoder.level_embed.zero_()
         self.decoder = Mask2FormerTransformerModule(in_features=m2f.feature_size, config=m2f)
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / 0.07)]))
 
