@@ -237,6 +237,7 @@ def test_a_job_with_an_llm_adapter_stores_it_and_the_worker_serves_it(
     versions = ProjectVersions(settings.projects_dir, PROJECT)
     version = versions.get("v0001")
     assert LoraSpec.from_json(version.meta["lora"]) == LoraSpec(4, 8, 0.0)
+    assert version.summary()["lora"] == version.meta["lora"]  # what /versions and the CLI list
     delta = load_delta(version)
     adapter = {n: t for n, t in delta.items() if is_lora_parameter(n)}
     assert adapter and any(bool(t.any()) for n, t in adapter.items() if ".lora_B." in n)

@@ -88,7 +88,7 @@ class VersionInfo:
 
     def summary(self) -> dict[str, Any]:
         """A short JSON view for ``/versions`` and the CLI."""
-        keys = ("model_version", "created_at", "promoted", "gate", "metrics", "num_annotations")
+        keys = ("model_version", "created_at", "promoted", "gate", "metrics", "num_annotations", "lora")
         return {"version": self.name, **{k: self.meta.get(k) for k in keys if k in self.meta}}
 
 
