@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery.result import AsyncResult
 from repo_paths import REPO_ROOT
-from test_training_job import CONFIG, LS, PROJECT, labelled_task
+from shapes_project import LS, PROJECT, shapes_server
 
 from xsam_backend.settings import Settings
 from xsam_backend.training.triggers import CeleryTrainingQueue, make_training_trigger
@@ -40,15 +40,7 @@ def redis_db() -> Iterator[str]:
 
 @pytest.fixture
 def server() -> Iterator[Any]:
-    srv = LS.LabelStudioTestServer()
-    srv.api_projects[PROJECT] = {"id": PROJECT, "title": "shapes", "label_config": CONFIG}
-    srv.api_tasks[PROJECT] = []
-    for task_id in range(1, 5):
-        task, body = labelled_task(task_id)
-        srv.api_tasks[PROJECT].append(task)
-        srv.routes[f"/data/upload/{PROJECT}/{task_id}.png"] = LS.Route(
-            body=body, content_type="image/png", protected=True
-        )
+    srv = shapes_server(4)
     srv.start()
     yield srv
     srv.stop()
