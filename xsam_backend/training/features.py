@@ -9,9 +9,10 @@ image and the prompt (the genseg template with the project's class names, in a f
   with the ``<p>…</p>`` (``cond_ids``) and ``<SEG>`` (``seg_ids``) positions, ``(L,)`` int64.
 
 Both come from the inference pipeline itself (its trace), so training sees exactly what serving
-computes. With LoRA adapters on the LLM (:mod:`.lora`) the hidden state changes while training, so
-the LLM's input embeddings ``(1, L, D_llm)`` (image tokens spliced in; SigLIP and the projectors
-stay frozen) and the answer's next-token labels ``(L,)`` are kept instead, and the LLM reruns. The target masks go to the padded SAM frame: resized like the image to
+computes. With a LoRA adapter on the LLM (:mod:`.lora`) the hidden state changes while training,
+so the LLM's input embeddings ``(1, L, D_llm)`` (image tokens spliced in; SigLIP and the
+projectors stay frozen) and the answer's next-token labels ``(L,)`` are kept too, and the LLM
+reruns on them. The target masks go to the padded SAM frame: resized like the image to
 ``scaled_size``, padded with 0 to ``S × S``, stored at ``S/4`` (what the loss samples from).
 """
 
@@ -78,24 +79,8 @@ def extract_features(
     )
     if llm_inputs:
         features.llm_inputs = _copy(prompt_trace["spliced.inputs_embeds"])
-        features.llm_labels = spliced_labels(pipeline, request)
-        if features.llm_labels.shape[0] != features.llm_inputs.shape[1]:
-            raise RuntimeError(
-                f"{features.llm_labels.shape[0]} labels for {features.llm_inputs.shape[1]} LLM positions"
-            )
+        features.llm_labels = _copy(prompt_trace["spliced.labels"][0])
     return features
-
-
-def spliced_labels(pipeline: XSamPipeline, request: XSamRequest) -> torch.Tensor:
-    """The next-token labels of ``request``'s prompt after ``<image>`` became the image tokens:
-    ``(L,)`` int64, the answer's ids, −100 on everything else."""
-    prompt = pipeline.encode_prompt(request)
-    labels = prompt.labels
-    pos = prompt.image_position
-    if pos is not None:
-        image = np.full(pipeline.config.num_image_tokens, -100, dtype=np.int64)
-        labels = np.concatenate([labels[:pos], image, labels[pos + 1 :]])
-    return torch.from_numpy(labels.astype(np.int64))
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:

@@ -621,14 +621,15 @@ def preprocess_configs(processors: Mapping[str, Any]) -> tuple[SiglipPreprocessC
 
 
 def _splice_ids(prompt: EncodedPrompt, num_image_tokens: int) -> dict[str, np.ndarray]:
-    """``input_ids``/``cond_ids``/``seg_ids`` after ``<image>`` became ``num_image_tokens``
-    positions (id −200, cond/seg −1): each ``(L,)`` int64."""
+    """``input_ids``/``cond_ids``/``seg_ids``/``labels`` after ``<image>`` became
+    ``num_image_tokens`` positions (id −200, cond/seg −1, label −100): each ``(L,)`` int64."""
     pos = prompt.image_position
     out = {}
     for name, arr, fill in (
         ("input_ids", prompt.input_ids, prompt.input_ids[pos] if pos is not None else -200),
         ("cond_ids", prompt.cond_ids, -1),
         ("seg_ids", prompt.seg_ids, -1),
+        ("labels", prompt.labels, -100),
     ):
         if pos is None:
             out[name] = arr.copy()
